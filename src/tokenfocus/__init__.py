@@ -1,0 +1,1 @@
+"""TokenFocus-VQA: image-text alignment scoring, overall and per element."""

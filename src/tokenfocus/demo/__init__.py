@@ -1,0 +1,1 @@
+"""Procedurally rendered stand-in for EvalMuse-40K (scenes, generators, annotators)."""
