@@ -1,0 +1,41 @@
+"""Shared command-line plumbing for the numbered stage scripts."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .config import ConfigError, load_config
+from .data import DataError
+from .stages import setup_logging
+
+# Errors a user can fix: print the message, not a traceback.
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError)
+
+
+def stage_parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="experiment YAML (default: configs/demo.yaml)")
+    p.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def run_stage(fn: Callable, args: argparse.Namespace, **kwargs) -> int:
+    setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config)
+        result = fn(cfg, force=args.force, **kwargs)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=1, default=str))
+    elif result is not None:
+        print(result.to_string(index=False) if hasattr(result, "to_string") else result)
+    return 0
+
+
+def stage_main(doc: str, fn: Callable) -> None:
+    sys.exit(run_stage(fn, stage_parser(doc).parse_args()))

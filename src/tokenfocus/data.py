@@ -1,0 +1,275 @@
+"""EvalMuse-40K records: loading, validation and the per-element / per-question tables.
+
+Two file forms exist. ``train_list.json`` holds raw per-annotator lists; the final-phase
+``test.json`` hides the T2I model (images renamed ``img_XXXX.png``) and the prompt type, carries
+meta fields already averaged and null scores. Element keys are kept byte-exact everywhere because
+the submission must reproduce them.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+META_FIELDS = ("promt_meaningless", "split_confidence", "attribute_confidence")
+REQUIRED_FIELDS = ("prompt_id", "prompt", "img_path", "total_score", "element_score")
+TOTAL_RANGE = (1.0, 5.0)
+ELEMENT_RANGE = (0.0, 1.0)
+# The category is whatever sits inside the LAST parentheses; keys may carry trailing spaces.
+_KEY_RE = re.compile(r"^(?P<text>.*)\((?P<cat>[^()]*)\)\s*$", re.S)
+
+
+class DataError(ValueError):
+    """Bad input file: the message names the file, the record index and the field."""
+
+
+@dataclass
+class LoadReport:
+    """What a load saw; nothing is excluded without being counted here."""
+
+    path: str
+    n_records: int = 0
+    n_final_phase: int = 0
+    n_string_element_score: int = 0
+    annotator_counts: dict[int, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.path}: {self.n_records} records"]
+        if self.n_final_phase:
+            out.append(f"  final-phase (unlabelled) records: {self.n_final_phase}")
+        if self.n_string_element_score:
+            out.append(f"  element_score given as a string literal: {self.n_string_element_score}")
+        if self.annotator_counts:
+            counts = ", ".join(f"{k} annotators: {v}" for k, v in sorted(self.annotator_counts.items()))
+            out.append(f"  {counts}")
+        for reason, n in self.excluded.items():
+            out.append(f"  excluded ({reason}): {n}")
+        return out
+
+
+def split_element_key(key: str) -> tuple[str, str]:
+    """``"Lavender (Color) "`` -> ``("Lavender", "Color")``; the key itself is never altered."""
+    m = _KEY_RE.match(key)
+    if not m:
+        return key.strip(), ""
+    return m.group("text").strip(), m.group("cat").strip()
+
+
+def normalise_category(category: str) -> str:
+    """Lower-case, first segment before '-' or '/': ``attribute-style-artist/works`` -> ``attribute``."""
+    return re.split(r"[-/]", category.strip().lower(), maxsplit=1)[0].strip()
+
+
+def t2i_model_of(img_path: str) -> str | None:
+    """``SDXL-Turbo/00110.png`` -> ``SDXL-Turbo``; a bare final-phase name hides the model."""
+    parts = img_path.replace("\\", "/").split("/")
+    return parts[0] if len(parts) > 1 else None
+
+
+def _fail(path: str, idx: int, fld: str, msg: str) -> DataError:
+    return DataError(f"{path}: record {idx}, field '{fld}': {msg}")
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _votes(v: Any, path: str, idx: int, fld: str, lo: float, hi: float) -> tuple[float, list | None]:
+    """A per-annotator list, an already averaged number, or null -> (mean, votes)."""
+    if _is_missing(v):
+        return float("nan"), None
+    if isinstance(v, bool):
+        raise _fail(path, idx, fld, f"expected a number or a list of numbers, got {v!r}")
+    if isinstance(v, (int, float)):
+        vals = [v]
+        votes = None
+    elif isinstance(v, list):
+        if not v:
+            raise _fail(path, idx, fld, "empty list of annotator scores")
+        vals = v
+        votes = list(v)
+    else:
+        raise _fail(path, idx, fld, f"expected a number or a list of numbers, got {type(v).__name__}")
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or _is_missing(x):
+            raise _fail(path, idx, fld, f"non-numeric score {x!r}")
+        if not lo <= x <= hi:
+            raise _fail(path, idx, fld, f"score {x!r} out of range [{lo:g}, {hi:g}]")
+    return float(np.mean(vals)), votes
+
+
+def _element_dict(v: Any, path: str, idx: int) -> tuple[dict, bool]:
+    if isinstance(v, str):
+        try:
+            parsed = ast.literal_eval(v)
+        except (ValueError, SyntaxError) as e:
+            raise _fail(path, idx, "element_score", f"unparsable string literal ({e.__class__.__name__}): {v[:80]!r}")
+        if not isinstance(parsed, dict):
+            raise _fail(path, idx, "element_score", f"string does not hold a dict: {v[:80]!r}")
+        return parsed, True
+    if isinstance(v, dict):
+        return v, False
+    raise _fail(path, idx, "element_score", f"expected a dict or a dict literal string, got {type(v).__name__}")
+
+
+def parse_records(raw: list, path: str = "<records>") -> tuple[pd.DataFrame, LoadReport]:
+    """Turn raw EvalMuse records (either form) into one row per image; see ``load_records``."""
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+    report = LoadReport(path=path)
+    rows = []
+    seen: dict[str, int] = {}
+    for idx, rec in enumerate(raw):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: record {idx}: expected an object, got {type(rec).__name__}")
+        for fld in REQUIRED_FIELDS:
+            if fld not in rec:
+                raise _fail(path, idx, fld, "missing required field")
+        img_path = rec["img_path"]
+        if not isinstance(img_path, str) or not img_path:
+            raise _fail(path, idx, "img_path", f"expected a non-empty string, got {img_path!r}")
+        if img_path in seen:
+            raise _fail(path, idx, "img_path", f"duplicate of record {seen[img_path]} ({img_path!r})")
+        seen[img_path] = idx
+        for fld in ("prompt", "prompt_id"):
+            if not isinstance(rec[fld], (str, int)) or isinstance(rec[fld], bool):
+                raise _fail(path, idx, fld, f"expected a string, got {rec[fld]!r}")
+        total, total_votes = _votes(rec["total_score"], path, idx, "total_score", *TOTAL_RANGE)
+        elems, was_string = _element_dict(rec["element_score"], path, idx)
+        report.n_string_element_score += was_string
+        keys, scores, elem_votes = [], {}, {}
+        for key, val in elems.items():
+            if not isinstance(key, str):
+                raise _fail(path, idx, "element_score", f"element key {key!r} is not a string")
+            mean, votes = _votes(val, path, idx, f"element_score[{key!r}]", *ELEMENT_RANGE)
+            keys.append(key)
+            scores[key] = mean
+            elem_votes[key] = votes
+        meta = {}
+        for fld in META_FIELDS:
+            meta[fld], _ = _votes(rec.get(fld), path, idx, fld, -1e9, 1e9)
+        n_ann = len(total_votes) if total_votes else 0
+        if n_ann:
+            report.annotator_counts[n_ann] = report.annotator_counts.get(n_ann, 0) + 1
+        if math.isnan(total):
+            report.n_final_phase += 1
+        rows.append({
+            "img_path": img_path,
+            "prompt_id": str(rec["prompt_id"]),
+            "prompt": str(rec["prompt"]),
+            "type": rec.get("type"),
+            "t2i_model": t2i_model_of(img_path),
+            "total_score": total,
+            "total_votes": total_votes,
+            **meta,
+            "fidelity_label": rec.get("fidelity_label"),
+            "element_keys": keys,
+            "element_scores": scores,
+            "element_votes": elem_votes,
+            "n_annotators": n_ann,
+        })
+    report.n_records = len(rows)
+    return pd.DataFrame(rows), report
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def load_records(path: str | Path, with_report: bool = False):
+    """Load ``train_list.json`` (raw) or ``test.json`` (final phase): one row per image.
+
+    Columns: img_path, prompt_id, prompt, type, t2i_model, total_score (mean; NaN when
+    unlabelled), total_votes, promt_meaningless, split_confidence, attribute_confidence,
+    fidelity_label, element_keys (byte-exact, file order), element_scores (key -> mean),
+    element_votes, n_annotators.
+    """
+    df, report = parse_records(read_json(path), str(path))
+    return (df, report) if with_report else df
+
+
+def load_truth(path: str | Path) -> pd.DataFrame:
+    """A truth or submission file (averaged scores) in the same row shape as ``load_records``."""
+    return load_records(path)
+
+
+def element_frame(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per element: img_path, prompt_id, element_key, element_text, category, category_norm, target."""
+    rows = []
+    for rec in records.itertuples(index=False):
+        for key in rec.element_keys:
+            text, cat = split_element_key(key)
+            rows.append((rec.img_path, rec.prompt_id, key, text, cat, normalise_category(cat),
+                         rec.element_scores[key]))
+    return pd.DataFrame(rows, columns=["img_path", "prompt_id", "element_key", "element_text",
+                                       "category", "category_norm", "target"])
+
+
+def question_frame(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per question (the total question of an image, then each of its elements)."""
+    rows = []
+    for rec in records.itertuples(index=False):
+        rows.append((rec.img_path, rec.prompt_id, rec.prompt, "total", "", "", rec.total_score))
+        for key in rec.element_keys:
+            cat = normalise_category(split_element_key(key)[1])
+            rows.append((rec.img_path, rec.prompt_id, rec.prompt, "element", key, cat,
+                         rec.element_scores[key]))
+    return pd.DataFrame(rows, columns=["img_path", "prompt_id", "prompt", "task", "element_key",
+                                       "category", "target"])
+
+
+def records_to_json(records: pd.DataFrame) -> list[dict]:
+    """Averaged records in the submission / truth shape (element keys byte-exact)."""
+    out = []
+    for rec in records.itertuples(index=False):
+        out.append({
+            "prompt": rec.prompt,
+            "img_path": rec.img_path,
+            "total_score": None if math.isnan(rec.total_score) else float(rec.total_score),
+            "element_score": {k: (None if math.isnan(rec.element_scores[k]) else float(rec.element_scores[k]))
+                              for k in rec.element_keys},
+        })
+    return out
+
+
+def validate_images(records: pd.DataFrame, image_dir: str | Path, progress: bool = True) -> list[str]:
+    """Every image must exist and decode; returns every bad path with its reason (empty when all good)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    image_dir = Path(image_dir)
+    bad = []
+    for img_path in tqdm(list(records["img_path"]), desc="validate images", disable=not progress,
+                         unit="img", leave=False):
+        p = image_dir / img_path
+        if not p.is_file():
+            bad.append(f"{p}: missing")
+            continue
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception as e:  # any decoder failure is a bad image, whatever PIL raises
+            bad.append(f"{p}: does not decode ({e.__class__.__name__}: {e})")
+    return bad
+
+
+def iter_bad(bad: Iterable[str], limit: int = 20) -> str:
+    bad = list(bad)
+    head = "\n".join(f"  {b}" for b in bad[:limit])
+    more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} bad image(s):\n{head}{more}"

@@ -1,0 +1,120 @@
+"""Scoring questions whose first answer token is the label.
+
+Every question ends with a strictly controlled answer format so that the model's
+first answer token is one of the label tokens: '1'..'5' for the overall score and
+'1' (present) / '0' (absent) for an element. The shared part (the T2I prompt and
+the optional structural information) comes first, the task-specific part last.
+
+Structural information (T2I model name, prompt type and the prompt-evaluation
+fields) is optional field by field: the final test hides the model name and the
+type, so any field may be missing, None or NaN and is then left out of the text.
+Training drops fields at random (`drop_structural`) so that a model trained with
+them still answers without them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+TOTAL_LABELS = ("1", "2", "3", "4", "5")
+TOTAL_VALUES = (1, 2, 3, 4, 5)
+ELEMENT_LABELS = ("0", "1")
+ELEMENT_VALUES = (0, 1)
+
+# Data-layer column name -> how the field reads in the question.
+STRUCTURAL_FIELDS = {
+    "t2i_model": "generator",
+    "type": "prompt type",
+    "promt_meaningless": "meaningless",
+    "split_confidence": "split confidence",
+    "attribute_confidence": "attribute confidence",
+}
+
+TOTAL_INSTRUCTION = (
+    "How well does the image match the text prompt? "
+    "Rate from 1 (not at all) to 5 (perfectly). Answer with one digit."
+)
+ELEMENT_INSTRUCTION = (
+    "Is this element shown correctly in the image? "
+    "Answer 1 if present or 0 if absent, with one digit."
+)
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN (float, numpy or pandas) and empty strings."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas placeholders, without importing pandas
+        return True
+    try:
+        return bool(math.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{float(value):.1f}"
+
+
+def structural_text(info: Mapping[str, Any] | None) -> str:
+    """'info: generator X; prompt type real; ...' for the fields present, '' if none are."""
+    if info is None:
+        return ""
+    parts = []
+    for field, name in STRUCTURAL_FIELDS.items():
+        value = info.get(field) if hasattr(info, "get") else None
+        if not is_missing(value):
+            parts.append(f"{name} {_format_value(value)}")
+    return "info: " + "; ".join(parts) if parts else ""
+
+
+def _context(prompt: str, info: Mapping[str, Any] | None) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    lines = [f'Text prompt: "{prompt.strip()}"']
+    extra = structural_text(info)
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines)
+
+
+def total_question(prompt: str, info: Mapping[str, Any] | None = None) -> str:
+    """The overall-alignment question; the answer is one of TOTAL_LABELS."""
+    return f"{_context(prompt, info)}\n{TOTAL_INSTRUCTION}"
+
+
+def element_question(
+    prompt: str, element_text: str, category: str, info: Mapping[str, Any] | None = None
+) -> str:
+    """The question for one element of the prompt; the answer is one of ELEMENT_LABELS."""
+    element = f'Element: "{str(element_text).strip()}"'
+    if not is_missing(category):
+        element += f" ({str(category).strip()})"
+    return f"{_context(prompt, info)}\n{element}\n{ELEMENT_INSTRUCTION}"
+
+
+def drop_structural(info: Mapping[str, Any] | None, rate: float, rng) -> dict:
+    """A copy of `info` with each structural field set to None with probability `rate`.
+
+    `rng` is anything with a `.random()` method (numpy Generator, random.Random).
+    Fields that are not structural are kept as they are; one draw is made per
+    structural field whether or not it is present, so the random stream does not
+    depend on which fields a record happens to have.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"drop rate must be in [0, 1], got {rate}")
+    out = dict(info) if info is not None else {}
+    for field in STRUCTURAL_FIELDS:
+        if rng.random() < rate:
+            out[field] = None
+    return out
