@@ -52,7 +52,14 @@ def test_build_records_keeps_keys_byte_exact_and_order():
 
 def test_build_records_accepts_a_frame():
     test = _test_records()
-    assert build_records(pd.DataFrame(test), *_preds(test)) == build_records(test, *_preds(test))
+    expected = build_records(test, *_preds(test))
+    assert build_records(pd.DataFrame(test), *_preds(test)) == expected
+    # rows as the data layer loads them: keys listed in element_keys, no raw element_score
+    keys = ["circle (object)", "red (attribute-color)", TRAILING]
+    loaded = pd.DataFrame([{"img_path": r["img_path"], "prompt": r["prompt"], "element_keys": keys}
+                           for r in test])
+    assert build_records(loaded, *_preds(test)) == expected
+    validate_submission(expected, loaded)
 
 
 def test_build_records_names_missing_predictions():

@@ -52,6 +52,56 @@ class FoldsConfig:
 
 
 @dataclass
+class TrainingConfig:
+    """Fine-tuning settings; the defaults are the paper's Table 2."""
+
+    task_mode: str = "mixed"            # 'mixed': one model answers both question kinds; 'separate'
+    loss: str = "mse"                   # 'mse' (token-focus), 'soft_ce' (token-focus), 'sft' (full vocab)
+    structural: bool = True             # T2I model, prompt type, prompt-evaluation fields in the question
+    structural_drop_rate: float = 0.5   # per field, so the model also works when the test hides them
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target: Optional[str] = None   # regex; default: the adapter's language-model linear layers
+    train_vision: bool = True           # vision tower + projector fully trained at vision_lr
+    lr: float = 1e-4
+    vision_lr: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.05
+    scheduler: str = "cosine"
+    warmup_steps: int = 200
+    global_batch: int = 64
+    per_device_batch: int = 8
+    epochs: float = 3.0
+    max_steps: int = -1                 # > 0 overrides epochs
+    seed: int = 1234
+    bf16: str = "auto"                  # 'auto': bf16 where CUDA supports it
+    gradient_checkpointing: str = "auto"  # 'auto': on GPU only
+    qlora: bool = False                 # bitsandbytes 4-bit base (26B/38B)
+    save_steps: int = 200
+    eval_batch: int = 32
+    dataloader_workers: int = 0
+    max_train_questions: Optional[int] = None   # subsample per fold (demo budget)
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""                      # directory and dump name, e.g. 'qwen2_5_vl'
+    family: str = ""                    # adapter: 'qwen2_5_vl' | 'internvl'
+    path: str = ""                      # local directory or hub id
+    trust_remote_code: bool = False     # explicit opt-in for remote-code checkpoints only
+    dtype: str = "auto"                 # 'auto': bfloat16 on CUDA, float32 on CPU
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    training: dict[str, Any] = field(default_factory=dict)   # per-model overrides of `training`
+
+    def training_config(self, base: "TrainingConfig", where: str = "") -> "TrainingConfig":
+        merged = {**dataclasses.asdict(base), **self.training}
+        return build(TrainingConfig, merged, f"{where}models[{self.name}].training")
+
+
+@dataclass
 class Config:
     name: str = "demo"
     seed: int = 1234
@@ -59,7 +109,15 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     demo: Optional[DemoConfig] = None
     folds: FoldsConfig = field(default_factory=FoldsConfig)
+    models: list[ModelConfig] = field(default_factory=list)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     source: str = ""
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"{self.source}: no model named {name!r}; models: {[m.name for m in self.models]}")
 
     # Paths, resolved against the repository root so stages run from anywhere.
     def path(self, p: str | Path) -> Path:
@@ -184,7 +242,40 @@ def load_config(path: str | Path | None = None) -> Config:
     data.pop("source", None)
     cfg = build(Config, data, str(path))
     cfg.source = str(path)
+    _check_models(cfg)
     return cfg
+
+
+def _is_local(path: str) -> bool:
+    # A hub id is 'owner/name'; anything starting like a filesystem path is local.
+    return path.startswith((".", "/", "~", "input/", "output/")) or Path(path).exists()
+
+
+def _check_models(cfg: Config) -> None:
+    if not cfg.models:
+        return
+    from .lvlm import families
+
+    known = families()
+    names = set()
+    for i, m in enumerate(cfg.models):
+        where = f"{cfg.source}: models[{i}]"
+        if not m.name:
+            raise ConfigError(f"{where}.name: required")
+        if m.name in names:
+            raise ConfigError(f"{where}.name: duplicate model name {m.name!r}")
+        names.add(m.name)
+        if m.family not in known:
+            raise ConfigError(f"{where}.family: {m.family!r} unknown; known: {sorted(known)}")
+        if not m.path:
+            raise ConfigError(f"{where}.path: required (local directory or hub id)")
+        if _is_local(m.path) and not cfg.path(m.path).is_dir():
+            raise ConfigError(f"{where}.path: checkpoint directory not found: {cfg.path(m.path)}")
+        t = m.training_config(cfg.training, f"{cfg.source}: ")
+        for fld, allowed in (("task_mode", ("mixed", "separate")), ("loss", ("mse", "soft_ce", "sft")),
+                             ("bf16", ("auto", "true", "false")), ("gradient_checkpointing", ("auto", "true", "false"))):
+            if getattr(t, fld) not in allowed:
+                raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} not one of {allowed}")
 
 
 def check_inputs(cfg: Config, need_images: bool = False) -> None:

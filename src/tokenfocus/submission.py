@@ -105,6 +105,13 @@ def element_dict(record: Mapping, where: str = "record") -> dict:
     return value
 
 
+def element_keys(record: Mapping, where: str = "record") -> list[str]:
+    """Element keys in file order, from raw records (element_score) or loaded rows (element_keys)."""
+    if "element_score" not in record and "element_keys" in record:
+        return list(record["element_keys"])
+    return list(element_dict(record, where))
+
+
 # --------------------------------------------------------------------------- building
 
 def build_records(test_records: pd.DataFrame | Iterable[Mapping],
@@ -112,6 +119,8 @@ def build_records(test_records: pd.DataFrame | Iterable[Mapping],
                   element_pred: Mapping[tuple[str, str], float]) -> list[dict]:
     """output.json entries in test order; element keys copied from the test record, never re-typed.
 
+    `test_records` are test.json records, or a frame of them: raw (element_score column) or as loaded
+    by `tokenfocus.data.load_records` (element_keys column).
     `total_pred` maps img_path -> total; `element_pred` maps (img_path, element_key) -> element score.
     Predictions for images not in the test are ignored (with a warning); missing ones raise.
     """
@@ -120,7 +129,7 @@ def build_records(test_records: pd.DataFrame | Iterable[Mapping],
     for i, rec in enumerate(records):
         where = f"test record {i}"
         img = _require(rec, "img_path", where)
-        keys = list(element_dict(rec, f"{where} ({img})"))
+        keys = element_keys(rec, f"{where} ({img})")
         if img not in total_pred:
             missing.append(f"total of {img!r}")
         elements = {}
@@ -168,10 +177,11 @@ def _require(rec: Mapping, field: str, where: str) -> Any:
 
 # --------------------------------------------------------------------------- validating
 
-def validate_submission(records: Any, reference: Iterable[Mapping]) -> None:
+def validate_submission(records: Any, reference: pd.DataFrame | Iterable[Mapping]) -> None:
     """Refuse records the scorer would mis-pair or choke on; raise SubmissionError listing offenders.
 
-    `reference` is the test.json records or a truth file (only its img_path and element keys are used).
+    `reference` is the test.json records or truth records, as a list or a frame (only img_path and the
+    element keys are used).
     Refused: missing / extra / duplicate img_path, missing / extra element key, missing field, and
     null, NaN, inf or non-numeric values. Totals outside 1-5 or elements outside 0-1 only warn.
     """
@@ -243,14 +253,14 @@ def validate_submission(records: Any, reference: Iterable[Mapping]) -> None:
                       f"element {ELEMENT_RANGE}); the scorer accepts them", SubmissionWarning, stacklevel=2)
 
 
-def _reference_keys(reference: Iterable[Mapping]) -> dict[str, list[str]]:
+def _reference_keys(reference: pd.DataFrame | Iterable[Mapping]) -> dict[str, list[str]]:
     keys: dict[str, list[str]] = {}
-    for i, rec in enumerate(reference):
+    for i, rec in enumerate(_as_record_list(reference)):
         where = f"reference record {i}"
         img = _require(rec, "img_path", where)
         if img in keys:
             raise ValueError(f"{where}: duplicate img_path {img!r} in the reference")
-        keys[img] = list(element_dict(rec, f"{where} ({img})"))
+        keys[img] = element_keys(rec, f"{where} ({img})")
     return keys
 
 
@@ -310,7 +320,8 @@ def check_readme(text: str) -> None:
 
 # --------------------------------------------------------------------------- writing
 
-def write_submission(out_dir: str | os.PathLike, records: list[dict], reference: Iterable[Mapping],
+def write_submission(out_dir: str | os.PathLike, records: list[dict],
+                     reference: pd.DataFrame | Iterable[Mapping],
                      readme: str) -> Path:
     """Validate, then write output.json, readme.txt and submission.zip (just those two, at the root).
 
