@@ -229,8 +229,9 @@ def test_cli_scores_a_valid_submission(cli_files):
 def test_cli_refuses_invalid_submission(cli_files):
     d, _ = cli_files
     proc = _run_cli("--truth", d / "eval.json", "--submission", d / "missing.json")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "missing img_path" in proc.stderr and "img_0007.png" in proc.stderr
     proc = _run_cli("--truth", d / "eval.json", "--submission", d / "nowhere.zip")
-    assert proc.returncode == 1 and "not found" in proc.stderr
-    assert _run_cli("--truth", d / "eval.json").returncode == 2  # argparse usage error
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    proc = _run_cli("--config", d / "nowhere.yaml", "--truth", d / "eval.json")
+    assert proc.returncode == 2 and "config file not found" in proc.stderr

@@ -11,7 +11,7 @@ from .data import DataError
 from .stages import setup_logging
 
 # Errors a user can fix: print the message, not a traceback.
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def stage_parser(doc: str) -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .demo.build import DemoSpec
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
@@ -31,17 +33,6 @@ class DatasetConfig:
     # Hidden test truth and the demo's noise ceiling; absent for the real challenge data.
     eval_file: Optional[str] = None
     noise_ceiling_file: Optional[str] = None
-
-
-@dataclass
-class DemoConfig:
-    """Only for the demo dataset, which stage 00 renders into ``dataset.root``."""
-
-    seed: int = 1234
-    n_train_prompts: int = 500
-    n_test_prompts: int = 100
-    images_per_prompt: int = 4
-    image_size: int = 112
 
 
 @dataclass
@@ -107,7 +98,7 @@ class Config:
     seed: int = 1234
     output_root: str = "output"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    demo: Optional[DemoConfig] = None
+    demo: Optional[DemoSpec] = None     # only for the demo, which stage 00 renders
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     models: list[ModelConfig] = field(default_factory=list)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -225,7 +216,7 @@ def build(cls, data: Any, where: str):
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -30,17 +30,17 @@ def _skip(outputs: list[Path], force: bool, stage: str) -> bool:
     return False
 
 
-def make_demo(cfg: Config, force: bool = False) -> dict | None:
+def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: int | None = None) -> str | None:
     """Stage 00: render the demo dataset into ``dataset.root`` (only for configs with ``demo:``)."""
-    from .demo.build import DemoSpec, make_demo_dataset
+    from dataclasses import replace
+
+    from .demo.build import format_summary, make_demo_dataset
 
     if cfg.demo is None:
         log.info("make_demo: %s has no 'demo' section; nothing to render", cfg.source)
         return None
-    spec = DemoSpec(seed=cfg.demo.seed, n_train_prompts=cfg.demo.n_train_prompts,
-                    n_test_prompts=cfg.demo.n_test_prompts, images_per_prompt=cfg.demo.images_per_prompt,
-                    image_size=cfg.demo.image_size)
-    return make_demo_dataset(cfg.data_root, spec, force=force)
+    spec = cfg.demo if seed is None else replace(cfg.demo, seed=seed)
+    return format_summary(make_demo_dataset(Path(out) if out else cfg.data_root, spec, force=force))
 
 
 def load_split(cfg: Config, split: str) -> pd.DataFrame:
@@ -51,14 +51,15 @@ def load_split(cfg: Config, split: str) -> pd.DataFrame:
     return df
 
 
-def run_eda(cfg: Config, force: bool = False) -> dict | None:
+def run_eda(cfg: Config, force: bool = False) -> str | None:
     """Stage 01: counts and label distributions as PNG plots and a markdown summary."""
     from .eda import run_eda as eda
 
     out = cfg.exp_dir / "eda"
     if _skip([out / "summary.md"], force, "eda"):
         return None
-    return eda(load_split(cfg, "train"), load_split(cfg, "test"), out)
+    summary = eda(load_split(cfg, "train"), load_split(cfg, "test"), out)
+    return f"EDA: {len(summary.get('plots', []))} plots and summary.md in {out}"
 
 
 def make_fold_file(cfg: Config, force: bool = False) -> pd.DataFrame:
@@ -89,8 +90,15 @@ def load_truth_records(cfg: Config) -> list[dict] | None:
 
 
 def noise_ceiling(cfg: Config) -> dict | None:
+    """SRCC/PLCC/ACC/Final of a predictor that knows the true scene (demo only)."""
     p = cfg.noise_ceiling_path
-    return read_json(p) if p is not None and p.is_file() else None
+    return read_json(p)["noise_ceiling"] if p is not None and p.is_file() else None
+
+
+def score_rows(results: dict[str, dict]) -> pd.DataFrame:
+    """{'method/split': metrics} -> a small table for printing."""
+    rows = [{"method": k, **{m: round(v[m], 4) for m in ("srcc", "plcc", "acc", "final")}} for k, v in results.items()]
+    return pd.DataFrame(rows)
 
 
 def run_prior_baseline(cfg: Config, force: bool = False) -> dict:
@@ -159,6 +167,40 @@ def validate_dataset(cfg: Config, force: bool = False) -> dict:
     return {"records": counts, "images_ok": sum(counts.values())}
 
 
-def run_inference(cfg: Config, force: bool = False) -> dict:
+def run_inference(cfg: Config, force: bool = False) -> pd.DataFrame:
     """Stage 04: prediction dumps of every model in the config (the prompt-only prior always)."""
-    return {"prior": run_prior_baseline(cfg, force=force)}
+    prior = run_prior_baseline(cfg, force=force)
+    results = {f"prior {split}": prior[split] for split in ("oof", "test") if split in prior}
+    if "noise_ceiling" in prior:
+        results["noise ceiling test"] = prior["noise_ceiling"]
+    return score_rows(results)
+
+
+def final_submission(cfg: Config) -> Path:
+    """The experiment's submission: the ensemble's when it exists, else the prior baseline's."""
+    for p in (cfg.exp_dir / "submission" / "submission.zip", cfg.exp_dir / "baselines" / "prior" / "submission.zip"):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"{cfg.exp_dir}: no submission.zip yet (run the earlier stages)")
+
+
+def evaluate_submission(cfg: Config, force: bool = False, truth: str | None = None,
+                        submission: str | None = None, json_out: str | None = None) -> str:
+    """Stage 06: score a submission against a truth file; the demo's noise ceiling beside it."""
+    from .metrics import evaluate_files, format_table
+
+    truth_path = Path(truth) if truth else cfg.eval_path
+    if truth_path is None or not truth_path.is_file():
+        raise FileNotFoundError(f"{cfg.source}: no truth file to score against (dataset.eval_file, or --truth)")
+    sub = Path(submission) if submission else final_submission(cfg)
+    result = evaluate_files(truth_path, sub)
+    lines = [f"submission: {sub}", f"truth:      {truth_path}", format_table(result)]
+    ceiling = noise_ceiling(cfg)
+    if ceiling is not None and not truth:
+        lines.append(f"noise ceiling Final {ceiling['final']:.4f}: this submission reaches "
+                     f"{result['final'] / ceiling['final']:.1%} of it ({ceiling['final'] - result['final']:+.4f} to go)")
+    # The experiment's own evaluation is kept beside it; an ad-hoc one only where asked.
+    out = Path(json_out) if json_out else (None if truth or submission else cfg.exp_dir / "evaluation.json")
+    if out is not None:
+        write_json(out, {"submission": str(sub), "truth": str(truth_path), **result})
+    return "\n".join(lines)
