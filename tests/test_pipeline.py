@@ -1,0 +1,78 @@
+"""End to end on a tiny demo: every stage through the same functions the scripts call."""
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tokenfocus.config import load_config
+from tokenfocus import stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipe")
+    cfg_path = d / "tiny.yaml"
+    cfg_path.write_text(f"""
+name: tiny
+output_root: {d / 'output'}
+dataset:
+  root: {d / 'data'}
+  eval_file: eval.json
+  noise_ceiling_file: noise_ceiling.json
+demo:
+  seed: 7
+  n_train_prompts: 40
+  n_test_prompts: 10
+  images_per_prompt: 3
+folds:
+  n_folds: 5
+""")
+    return load_config(cfg_path)
+
+
+def test_stages_end_to_end(tiny_cfg):
+    cfg = tiny_cfg
+    assert "noise ceiling" in stages.make_demo(cfg)
+    assert stages.validate_dataset(cfg)["images_ok"] == 150
+    stages.run_eda(cfg)
+    assert (cfg.exp_dir / "eda" / "summary.md").is_file()
+    assert len(list((cfg.exp_dir / "eda").glob("*.png"))) >= 10
+    table = stages.make_fold_file(cfg)
+    assert table["eval_images"].sum() == 120
+    folds = pd.read_csv(cfg.folds_path)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    scores = stages.run_inference(cfg).set_index("method")
+    assert scores.loc["noise ceiling test", "final"] > scores.loc["prior test", "final"]
+    # the prior's dumps cover every fold, its submission validates and scores the same as 06
+    assert len(list((cfg.exp_dir / "preds" / "prior").rglob("*.parquet"))) == 20
+    with zipfile.ZipFile(stages.final_submission(cfg)) as z:
+        assert sorted(z.namelist()) == ["output.json", "readme.txt"]
+    text = stages.evaluate_submission(cfg)
+    saved = json.loads((cfg.exp_dir / "evaluation.json").read_text())
+    assert saved["final"] == pytest.approx(scores.loc["prior test", "final"], abs=1e-4)
+    assert "noise ceiling" in text
+
+
+def test_rerun_skips_finished_work(tiny_cfg, caplog):
+    cfg = tiny_cfg
+    before = cfg.folds_path.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="tokenfocus"):
+        stages.make_fold_file(cfg)
+        assert stages.run_eda(cfg) is None
+    assert cfg.folds_path.stat().st_mtime_ns == before
+    assert "skipping" in caplog.text
+
+
+def test_stage_script_reports_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfolds:\n  n_fold: 5\n")
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "02_make_folds.py"), "--config", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "folds: unknown key(s) 'n_fold'" in proc.stderr and "Traceback" not in proc.stderr
