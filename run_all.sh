@@ -69,8 +69,7 @@ stage tools/validate_data.py
 stage 01_eda.py
 stage 02_make_folds.py
 stage 04_infer.py
-echo
-echo "== 06_evaluate.py"
-"$PY" src/06_evaluate.py --config "$CONFIG"
+stage 05_ensemble.py
+stage 06_evaluate.py
 echo
 echo "done in $(( $(date +%s) - START )) s"

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from .demo.build import DemoSpec
+from .ensemble import EnsembleSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -102,6 +103,7 @@ class Config:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     models: list[ModelConfig] = field(default_factory=list)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     source: str = ""
 
     def model(self, name: str) -> ModelConfig:

@@ -176,6 +176,15 @@ def run_inference(cfg: Config, force: bool = False) -> pd.DataFrame:
     return score_rows(results)
 
 
+def run_ensemble(cfg: Config, force: bool = False) -> str:
+    """Stage 05: bagging, stacking and blending -> leaderboard.csv, submission.zip, plots."""
+    from .ensemble import ensemble_stage, format_leaderboard
+
+    lb = ensemble_stage(cfg, force=force)
+    return "\n".join([format_leaderboard(lb), f"best method: {lb.attrs.get('best_method')}",
+                      f"leaderboard: {cfg.exp_dir / 'leaderboard.csv'}", f"submission: {lb.attrs['submission']}"])
+
+
 def final_submission(cfg: Config) -> Path:
     """The experiment's submission: the ensemble's when it exists, else the prior baseline's."""
     for p in (cfg.exp_dir / "submission" / "submission.zip", cfg.exp_dir / "baselines" / "prior" / "submission.zip"):

@@ -356,4 +356,3 @@ def _zip_bytes(files: dict[str, bytes]) -> bytes:
 def _atomic_write(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would survive the rename
