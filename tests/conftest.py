@@ -2,6 +2,10 @@ import copy
 import json
 
 import pytest
+import torch
+
+# Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
+torch.set_num_threads(1)
 
 RAW_TRAIN = [
     {"prompt_id": "00110", "prompt": "a red circle left of a blue square", "type": "real",
