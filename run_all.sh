@@ -68,6 +68,7 @@ stage 00_make_demo_data.py
 stage tools/validate_data.py
 stage 01_eda.py
 stage 02_make_folds.py
+stage 03_train.py
 stage 04_infer.py
 stage 05_ensemble.py
 stage 06_evaluate.py

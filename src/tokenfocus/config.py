@@ -87,10 +87,20 @@ class ModelConfig:
     min_pixels: Optional[int] = None
     max_pixels: Optional[int] = None
     training: dict[str, Any] = field(default_factory=dict)   # per-model overrides of `training`
+    folds: Optional[list[int]] = None   # train and score only these folds (ablations); None: all
 
     def training_config(self, base: "TrainingConfig", where: str = "") -> "TrainingConfig":
         merged = {**dataclasses.asdict(base), **self.training}
         return build(TrainingConfig, merged, f"{where}models[{self.name}].training")
+
+
+@dataclass
+class AblationConfig:
+    """Variants of one model's training, compared on the out-of-fold predictions of a few folds."""
+
+    model: str = ""
+    folds: list[int] = field(default_factory=lambda: [0])
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> training overrides
 
 
 @dataclass
@@ -104,10 +114,35 @@ class Config:
     models: list[ModelConfig] = field(default_factory=list)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
+    zeroshot: bool = True               # score every untuned base as a baseline
+    ablation: Optional[AblationConfig] = None
     source: str = ""
 
+    def ablation_models(self) -> list[ModelConfig]:
+        """One derived model per ablation variant, trained on the ablation folds only. A variant
+        whose settings equal its model's own is not trained again: that model's folds serve."""
+        if self.ablation is None:
+            return []
+        base = self.model(self.ablation.model)
+        own = base.training_config(self.training)
+        out = []
+        for variant, overrides in self.ablation.variants.items():
+            m = dataclasses.replace(base, name=f"{base.name}_{variant}", training={**base.training, **overrides},
+                                    folds=list(self.ablation.folds))
+            if m.training_config(self.training) != own:
+                out.append(m)
+        return out
+
+    def ablation_sources(self) -> dict[str, str]:
+        """Ablation variant -> the model whose dumps hold it."""
+        if self.ablation is None:
+            return {}
+        trained = {m.name for m in self.ablation_models()}
+        base = self.ablation.model
+        return {v: (f"{base}_{v}" if f"{base}_{v}" in trained else base) for v in self.ablation.variants}
+
     def model(self, name: str) -> ModelConfig:
-        for m in self.models:
+        for m in self.models + self.ablation_models():
             if m.name == name:
                 return m
         raise ConfigError(f"{self.source}: no model named {name!r}; models: {[m.name for m in self.models]}")
@@ -251,7 +286,12 @@ def _check_models(cfg: Config) -> None:
 
     known = families()
     names = set()
-    for i, m in enumerate(cfg.models):
+    if cfg.ablation is not None:
+        cfg.model(cfg.ablation.model)  # must name a configured model
+        bad = [k for k in cfg.ablation.folds if not 0 <= k < cfg.folds.n_folds]
+        if bad:
+            raise ConfigError(f"{cfg.source}: ablation.folds {bad} outside 0..{cfg.folds.n_folds - 1}")
+    for i, m in enumerate(cfg.models + cfg.ablation_models()):
         where = f"{cfg.source}: models[{i}]"
         if not m.name:
             raise ConfigError(f"{where}.name: required")

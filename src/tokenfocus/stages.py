@@ -97,7 +97,8 @@ def noise_ceiling(cfg: Config) -> dict | None:
 
 def score_rows(results: dict[str, dict]) -> pd.DataFrame:
     """{'method/split': metrics} -> a small table for printing."""
-    rows = [{"method": k, **{m: round(v[m], 4) for m in ("srcc", "plcc", "acc", "final")}} for k, v in results.items()]
+    rows = [{"method": k, **{m: round(float(v[m]), 4) for m in ("srcc", "plcc", "acc", "final")}}
+            for k, v in results.items()]
     return pd.DataFrame(rows)
 
 
@@ -168,12 +169,49 @@ def validate_dataset(cfg: Config, force: bool = False) -> dict:
 
 
 def run_inference(cfg: Config, force: bool = False) -> pd.DataFrame:
-    """Stage 04: prediction dumps of every model in the config (the prompt-only prior always)."""
+    """Stage 04: OOF and test dumps of the prior, every untuned base (zero-shot), every
+    fine-tuned model and every ablation variant; oof_scores.csv, bagged test predictions and
+    ablation.csv beside them."""
+    from .infer import bag_test, infer_model, oof_scores, zeroshot_model
+    from .io import write_parquet
+
     prior = run_prior_baseline(cfg, force=force)
-    results = {f"prior {split}": prior[split] for split in ("oof", "test") if split in prior}
+    preds_dir = cfg.exp_dir / "preds"
+    if cfg.zeroshot:
+        for m in cfg.models:
+            zeroshot_model(cfg, m, force=force)
+    for m in cfg.models + cfg.ablation_models():
+        infer_model(cfg, m, force=force)
+    full = ["prior"] + [m.name for m in cfg.models] + ([f"zeroshot_{m.name}" for m in cfg.models] if cfg.zeroshot else [])
+    scores = oof_scores(preds_dir, full)
+    write_csv(cfg.exp_dir / "oof_scores.csv", scores)
+    for m in full:
+        write_parquet(cfg.exp_dir / "bagged" / f"{m}.parquet", bag_test(preds_dir, m))
+    if cfg.ablation is not None:
+        write_csv(cfg.exp_dir / "ablation.csv", ablation_table(cfg))
+    pooled = scores[scores["fold"] == "pooled"].set_index("model")
+    results = {f"{m} oof": pooled.loc[m] for m in pooled.index}
+    if "test" in prior:
+        results["prior test"] = prior["test"]
     if "noise_ceiling" in prior:
         results["noise ceiling test"] = prior["noise_ceiling"]
     return score_rows(results)
+
+
+def ablation_table(cfg: Config) -> pd.DataFrame:
+    """The ablation variants side by side on the OOF predictions of the ablation folds."""
+    from .infer import read_model_dumps, score_predictions
+
+    preds_dir = cfg.exp_dir / "preds"
+    folds = set(cfg.ablation.folds)
+    rows = []
+    sources = {"zero-shot (untuned base)": f"zeroshot_{cfg.ablation.model}", **cfg.ablation_sources()}
+    for variant, model in sources.items():
+        oof = read_model_dumps(preds_dir, model, "oof")
+        r = score_predictions(oof[oof["fold"].isin(folds)])
+        rows.append({"variant": variant, "model": model, "folds": " ".join(map(str, sorted(folds))),
+                     **{k: r[k] for k in ("srcc", "plcc", "acc", "final")}})
+    return pd.DataFrame(rows)
 
 
 def run_ensemble(cfg: Config, force: bool = False) -> str:

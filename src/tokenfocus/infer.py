@@ -1,0 +1,264 @@
+"""Label-token probabilities for question tables: the scorer behind evaluation and the dumps."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .questions import ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL
+
+log = logging.getLogger("tokenfocus")
+TASK_ID = {TOTAL: 0, ELEMENT: 1}
+
+
+def label_logit_table(adapter, task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All answer-token ids in one vector and, per task, which columns of it belong to the task,
+    in the order of the task's canonical labels (``task_tokens`` may spell them differently,
+    e.g. 'No'/'Yes' for a zero-shot '0'/'1')."""
+    tokens = sorted(set(task_tokens[TOTAL]) | set(task_tokens[ELEMENT]))
+    ids = torch.tensor(adapter.label_ids(tokens))
+    cols = {t: torch.tensor([tokens.index(lab) for lab in task_tokens[t]]) for t in (TOTAL, ELEMENT)}
+    return ids, cols
+
+
+def task_probabilities(label_logits: torch.Tensor, tasks: list[str], cols: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Per row: the softmax over its own task's label logits (float64 numpy)."""
+    out = []
+    lg = label_logits.detach().float().cpu()
+    for i, t in enumerate(tasks):
+        out.append(torch.softmax(lg[i, cols[t]], dim=-1).double().numpy())
+    return out
+
+
+def attach_predictions(questions: pd.DataFrame, probs: list[np.ndarray]) -> pd.DataFrame:
+    """Add p_<label> columns (NaN where a label is not the row's) and the expected value ``pred``."""
+    df = questions.reset_index(drop=True).copy()
+    labels = sorted(set(TASK_LABELS[TOTAL]) | set(TASK_LABELS[ELEMENT]))
+    mat = np.full((len(df), len(labels)), np.nan)
+    pred = np.empty(len(df))
+    for i, (t, p) in enumerate(zip(df["task"], probs)):
+        idx = [labels.index(lab) for lab in TASK_LABELS[t]]
+        mat[i, idx] = p
+        pred[i] = float(np.dot(p, TASK_VALUES[t]))
+    for j, lab in enumerate(labels):
+        df[f"p_{lab}"] = mat[:, j]
+    df["pred"] = pred
+    return df
+
+
+@torch.no_grad()
+def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, batch_size: int,
+                      collator, progress: bool = True, desc: str = "score",
+                      task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS) -> pd.DataFrame:
+    """One forward per question (batched), logits at the first answer position only."""
+    from .loss import answer_label_logits
+
+    ids, cols = label_logit_table(adapter, task_tokens)
+    was_training = model.training
+    model.eval()
+    rows = questions.to_dict("records")
+    probs: list[np.ndarray] = []
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress, leave=False)
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        batch = collator(chunk)
+        for k in ("tf_task", "tf_target", "tf_std", "labels"):
+            batch.pop(k, None)
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        logits = answer_label_logits(model, batch, ids.to(device))
+        probs += task_probabilities(logits, [r["task"] for r in chunk], cols)
+        bar.update(len(chunk))
+        bar.set_postfix(q_per_s=f"{len(probs) / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    if was_training:
+        model.train()
+    return attach_predictions(questions, probs)
+
+
+def score_predictions(pred: pd.DataFrame) -> dict:
+    """SRCC / PLCC / ACC / Final of a scored question table with targets."""
+    from .metrics import score_frame
+
+    tot = pred[pred["task"] == TOTAL]
+    el = pred[pred["task"] == ELEMENT]
+    return score_frame(tot[["img_path", "target", "pred"]] if len(tot) else None,
+                       el[["img_path", "element_key", "target", "pred"]] if len(el) else None)
+
+
+def evaluate_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, batch_size: int,
+                       collator) -> dict:
+    pred = predict_questions_fast(adapter, model, questions, image_dir, batch_size, collator, desc="held-out")
+    return {k: v for k, v in score_predictions(pred).items() if isinstance(v, (int, float))}
+
+
+@torch.no_grad()
+def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: Path, batch_size: int,
+                           collator, progress: bool = True, desc: str = "score",
+                           task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS,
+                           prefix_batch: int = 1) -> pd.DataFrame:
+    """``predict_questions`` with one prefix forward per image (``tokenfocus.fastscore``).
+
+    Each image and the question text its rows share run once; its questions are then
+    scored in passes of ``batch_size`` suffixes. Same questions (``collator``'s eval
+    questions), same output, rows in the input order. Models the fast path cannot
+    serve (e.g. remote-code checkpoints) are scored by ``predict_questions``.
+    """
+    from .fastscore import prefix_label_logits, unsupported_reason
+    from .train import load_image
+
+    reason = unsupported_reason(adapter, model)
+    if reason is not None:
+        log.warning("one-prefix scoring unavailable (%s); scoring one forward per question", reason)
+        return predict_questions(adapter, model, questions, image_dir, batch_size, collator, progress, desc,
+                                 task_tokens)
+    if getattr(collator, "train", False):
+        raise ValueError("predict_questions_fast needs an evaluation collator (train=False)")
+    ids, cols = label_logit_table(adapter, task_tokens)
+    structural = collator.tcfg.structural
+    was_training = model.training
+    model.eval()
+    rows = questions.reset_index(drop=True).to_dict("records")
+    by_image: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_image.setdefault(r["img_path"], []).append(i)
+    paths = list(by_image)
+    probs: list[np.ndarray | None] = [None] * len(rows)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress, leave=False)
+    done = 0
+    for s in range(0, len(paths), prefix_batch):
+        group = paths[s:s + prefix_batch]
+        images = [load_image(image_dir, p) for p in group]
+        texts = [[collator.question_fn(rows[i], structural) for i in by_image[p]] for p in group]
+        logits = prefix_label_logits(adapter, images, texts, ids, model=model, prefix_batch=prefix_batch,
+                                     suffix_batch=batch_size)
+        for p, lg in zip(group, logits):
+            idx = by_image[p]
+            for i, pr in zip(idx, task_probabilities(lg, [rows[i]["task"] for i in idx], cols)):
+                probs[i] = pr
+            done += len(idx)
+        bar.update(sum(len(by_image[p]) for p in group))
+        bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    if was_training:
+        model.train()
+    return attach_predictions(questions, probs)
+
+
+def _dumps_done(preds_dir: Path, model: str, tasks, fold: int) -> bool:
+    from .dumps import dump_path
+
+    return all(dump_path(preds_dir, model, t, s, fold).is_file() for t in tasks for s in ("oof", "test"))
+
+
+def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, pd.DataFrame],
+                     expected: dict[str, pd.DataFrame]) -> None:
+    """Split scored question tables by task and write one checked dump per (task, split)."""
+    from .dumps import dump_columns, dump_path, write_dump
+
+    for split, df in scored.items():
+        for task, part in df.groupby("task"):
+            out = part.assign(fold=fold, model=model)
+            if split == "test":
+                out["target"] = np.nan
+            exp = expected[split]
+            write_dump(out[dump_columns(task)], dump_path(preds_dir, model, task, split, fold),
+                       exp[exp["task"] == task], task)
+
+
+def infer_model(cfg, mcfg, force: bool = False) -> list[str]:
+    """OOF and test dumps of every fold of one fine-tuned model; returns what was written."""
+    from .models import load_trained
+    from .questions import build_questions
+    from .stages import load_folds, load_split
+    from .train import TokenFocusCollator, is_trained, model_dir, model_folds, task_groups
+
+    tcfg = mcfg.training_config(cfg.training)
+    train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")
+    test = load_split(cfg, "test")
+    q_train, q_test = build_questions(train), build_questions(test)
+    q_train = q_train.merge(train[["img_path", "fold"]], on="img_path")
+    preds_dir = cfg.exp_dir / "preds"
+    written = []
+    for group, tasks in task_groups(tcfg.task_mode).items():
+        for k in model_folds(cfg, mcfg):
+            if not force and _dumps_done(preds_dir, mcfg.name, tasks, k):
+                continue
+            adir = model_dir(cfg, mcfg.name, group, k)
+            if not is_trained(adir):
+                raise FileNotFoundError(f"{adir}: no trained adapter (run stage 03 for {mcfg.name}/{group}/fold{k})")
+            adapter, model = load_trained(cfg, mcfg, adir)
+            collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
+            expected = {"oof": q_train[(q_train["fold"] == k) & q_train["task"].isin(tasks)].drop(columns="fold"),
+                        "test": q_test[q_test["task"].isin(tasks)]}
+            scored = {s: predict_questions_fast(adapter, model, q, cfg.image_dir, tcfg.eval_batch, collator,
+                                                desc=f"{mcfg.name} fold{k} {s}") for s, q in expected.items()}
+            write_fold_dumps(preds_dir, mcfg.name, k, scored, expected)
+            written.append(f"{mcfg.name}/{group}/fold{k}")
+    return written
+
+
+def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
+    """The untuned base as a baseline: P(Yes) / (P(Yes) + P(No)) per element, the expected
+    level for the total; the same predictions serve as every fold's OOF and test dump."""
+    from .models import load_model_adapter
+    from .questions import ZEROSHOT_TOKENS, build_questions, zeroshot_question
+    from .stages import load_folds, load_split
+    from .train import TokenFocusCollator
+
+    name = f"zeroshot_{mcfg.name}"
+    preds_dir = cfg.exp_dir / "preds"
+    folds = range(cfg.folds.n_folds)
+    if not force and all(_dumps_done(preds_dir, name, (TOTAL, ELEMENT), k) for k in folds):
+        return []
+    tcfg = mcfg.training_config(cfg.training)
+    train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")
+    q_train = build_questions(train).merge(train[["img_path", "fold"]], on="img_path")
+    q_test = build_questions(load_split(cfg, "test"))
+    adapter = load_model_adapter(cfg, mcfg)
+    collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False, question_fn=zeroshot_question)
+    scored = {s: predict_questions_fast(adapter, adapter.model, q, cfg.image_dir, tcfg.eval_batch, collator,
+                                        desc=f"{name} {s}", task_tokens=ZEROSHOT_TOKENS)
+              for s, q in (("oof", q_train), ("test", q_test))}
+    for k in folds:
+        in_fold = scored["oof"]["fold"] == k
+        write_fold_dumps(preds_dir, name, k, {"oof": scored["oof"][in_fold], "test": scored["test"]},
+                         {"oof": q_train[q_train["fold"] == k], "test": q_test})
+    return [f"{name}/fold{k}" for k in folds]
+
+
+def read_model_dumps(preds_dir: Path, model: str, split: str) -> pd.DataFrame:
+    files = sorted(Path(preds_dir, model).glob(f"*/{split}_fold*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{Path(preds_dir, model)}: no {split} dumps")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def oof_scores(preds_dir: Path, models: list[str]) -> pd.DataFrame:
+    """Per-fold and pooled out-of-fold SRCC, PLCC, ACC, Final of each model."""
+    rows = []
+    for m in models:
+        oof = read_model_dumps(preds_dir, m, "oof")
+        for fold, part in [*oof.groupby("fold"), ("pooled", oof)]:
+            r = score_predictions(part)
+            rows.append({"model": m, "fold": fold, **{k: r[k] for k in ("srcc", "plcc", "acc", "final")},
+                         "n_images": r["n_images"], "n_elements": r["n_elements"]})
+    return pd.DataFrame(rows)
+
+
+def bag_test(preds_dir: Path, model: str) -> pd.DataFrame:
+    """Fold-averaged test predictions (probabilities and expected value) of one model."""
+    test = read_model_dumps(preds_dir, model, "test")
+    value_cols = ["pred"] + [c for c in test.columns if c.startswith("p_")]
+    keys = ["img_path", "prompt_id", "prompt", "model", "task", "element_key", "category"]
+    out = test.groupby(keys, sort=False, dropna=False)[value_cols].mean().reset_index()
+    out["n_folds"] = test.groupby(keys, sort=False, dropna=False)["fold"].nunique().to_numpy()
+    return out

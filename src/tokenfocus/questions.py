@@ -1,0 +1,72 @@
+"""The question table shared by training and inference: one row per (image, question)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .data import META_FIELDS, normalise_category, split_element_key
+from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, STRUCTURAL_FIELDS, TOTAL_LABELS, TOTAL_VALUES,
+                      drop_structural, element_question, total_question)
+
+TOTAL, ELEMENT = "total", "element"
+TASK_LABELS = {TOTAL: TOTAL_LABELS, ELEMENT: ELEMENT_LABELS}
+TASK_VALUES = {TOTAL: TOTAL_VALUES, ELEMENT: ELEMENT_VALUES}
+INFO_COLUMNS = tuple(STRUCTURAL_FIELDS)
+
+
+def _std(votes) -> float:
+    return float(np.std(votes)) if votes else 0.0
+
+
+def build_questions(records: pd.DataFrame) -> pd.DataFrame:
+    """img_path, prompt_id, prompt, task, element_key, element_text, category_raw, category, target,
+    target_std and the structural fields, in record order (the total question first)."""
+    rows = []
+    for rec in records.to_dict("records"):
+        info = {c: rec.get(c) for c in INFO_COLUMNS}
+        base = {"img_path": rec["img_path"], "prompt_id": rec["prompt_id"], "prompt": rec["prompt"], **info}
+        rows.append({**base, "task": TOTAL, "element_key": "", "element_text": "", "category_raw": "",
+                     "category": "", "target": rec["total_score"], "target_std": _std(rec.get("total_votes"))})
+        votes = rec.get("element_votes") or {}
+        for key in rec["element_keys"]:
+            text, cat = split_element_key(key)
+            rows.append({**base, "task": ELEMENT, "element_key": key, "element_text": text, "category_raw": cat,
+                         "category": normalise_category(cat), "target": rec["element_scores"][key],
+                         "target_std": _std(votes.get(key))})
+    return pd.DataFrame(rows)
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def question_info(row: dict, structural: bool, drop_rate: float = 0.0, rng=None) -> dict | None:
+    if not structural:
+        return None
+    info = {c: row.get(c) for c in INFO_COLUMNS if _present(row.get(c))}
+    return drop_structural(info, drop_rate, rng) if drop_rate > 0 else info
+
+
+def question_text(row: dict, structural: bool = True, drop_rate: float = 0.0, rng=None) -> str:
+    """The question for one row of ``build_questions``, structural fields dropped at ``drop_rate``."""
+    info = question_info(row, structural, drop_rate, rng)
+    if row["task"] == TOTAL:
+        return total_question(row["prompt"], info)
+    return element_question(row["prompt"], row["element_text"], row["category_raw"], info)
+
+
+# Zero-shot: an untuned instruct model answers a plain yes/no question about each element.
+ZEROSHOT_TOKENS = {TOTAL: TOTAL_LABELS, ELEMENT: ("No", "Yes")}
+
+
+def zeroshot_question(row: dict, structural: bool = False, drop_rate: float = 0.0, rng=None) -> str:
+    """The VQAScore-style question of the zero-shot baseline (no structural information)."""
+    if row["task"] == TOTAL:
+        return total_question(row["prompt"], None)
+    return f'Does the image show "{row["element_text"]}" ({row["category_raw"]})? Answer Yes or No.'
+
+
+__all__ = ["ZEROSHOT_TOKENS", "zeroshot_question", "TOTAL", "ELEMENT", "TASK_LABELS", "TASK_VALUES", "build_questions", "question_text",
+           "question_info", "META_FIELDS"]

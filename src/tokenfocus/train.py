@@ -1,0 +1,363 @@
+"""Per-fold LoRA fine-tuning with the token-focus loss, on Hugging Face Trainer and peft.
+
+One code path serves real checkpoints on GPUs (bf16, gradient checkpointing, QLoRA, several
+processes through ``accelerate launch``) and the tiny demo bases on a CPU. A fold's adapter is
+written to ``models/<model>/<task>/fold<k>/`` only when training finished; a killed run resumes
+from the last checkpoint in the ``.work`` directory beside it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import loss as tf_loss
+from .config import Config, ModelConfig, TrainingConfig
+from .io import write_json
+from .infer import TASK_ID, label_logit_table
+from .questions import ELEMENT, TOTAL, TASK_VALUES, build_questions, question_text
+
+log = logging.getLogger("tokenfocus")
+
+# Errors are measured on a 0..1 scale for both kinds of question, so that a mixed model
+# weighs a total-score error of one level like an element error of a quarter vote.
+TASK_RANGE = {TOTAL: 4.0, ELEMENT: 1.0}
+
+
+def task_groups(mode: str) -> dict[str, tuple[str, ...]]:
+    """Which question kinds each trained model answers: one mixed model, or one per kind."""
+    return {"mixed": (TOTAL, ELEMENT)} if mode == "mixed" else {TOTAL: (TOTAL,), ELEMENT: (ELEMENT,)}
+
+
+def model_folds(cfg: Config, mcfg: ModelConfig) -> list[int]:
+    return list(mcfg.folds) if mcfg.folds is not None else list(range(cfg.folds.n_folds))
+
+
+def model_dir(cfg: Config, model: str, task: str, fold: int) -> Path:
+    return cfg.exp_dir / "models" / model / task / f"fold{fold}"
+
+
+def is_trained(path: Path) -> bool:
+    return (path / "train_done.json").is_file()
+
+
+class QuestionDataset(torch.utils.data.Dataset):
+    """Questions with their targets; images are read when the collator needs them."""
+
+    def __init__(self, questions: pd.DataFrame, image_dir: Path):
+        self.q = questions.reset_index(drop=True)
+        self.image_dir = Path(image_dir)
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.q.iloc[i].to_dict()
+
+
+def load_image(image_dir: Path, img_path: str):
+    from PIL import Image
+
+    with Image.open(Path(image_dir) / img_path) as im:
+        return im.convert("RGB")
+
+
+class TokenFocusCollator:
+    """Builds one batch: chat inputs from the adapter, plus task ids and targets.
+
+    Structural fields are dropped with torch's global generator, which Trainer checkpoints,
+    so that a resumed run draws the same questions as an uninterrupted one.
+    """
+
+    def __init__(self, adapter, image_dir: Path, tcfg: TrainingConfig, train: bool = True,
+                 question_fn=question_text):
+        self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
+        self.question_fn = question_fn
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())) if self.train else None
+        drop = self.tcfg.structural_drop_rate if self.train else 0.0
+        questions = [self.question_fn(r, self.tcfg.structural, drop, rng) for r in rows]
+        images = [load_image(self.image_dir, r["img_path"]) for r in rows]
+        # Scoring reads the first answer position, so only training appends the answer.
+        answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
+        batch = dict(self.adapter.encode(images, questions, answers=answers))
+        batch["tf_task"] = torch.tensor([TASK_ID[r["task"]] for r in rows])
+        batch["tf_target"] = torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32)
+        batch["tf_std"] = torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)
+        return batch
+
+
+def sft_answer(row: dict) -> str:
+    """The label a plain SFT model is taught: the rounded mean, as one label token."""
+    if row["task"] == TOTAL:
+        return str(int(np.clip(np.floor(row["target"] + 0.5), 1, 5)))
+    return "1" if row["target"] >= 0.5 else "0"
+
+
+def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,
+                     std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE)."""
+    total = label_logits.new_zeros(())
+    for name, tid in TASK_ID.items():
+        rows = task == tid
+        if not rows.any():
+            continue
+        logits = label_logits[rows][:, cols[name].to(label_logits.device)]
+        values = torch.tensor(TASK_VALUES[name], dtype=logits.dtype, device=logits.device)
+        if kind == "mse":
+            per = tf_loss.token_focus_mse(logits, values, target[rows], reduction="sum") / TASK_RANGE[name] ** 2
+        else:
+            probs = tf_loss.soft_label_targets(target[rows], std[rows], values)
+            per = tf_loss.soft_label_ce(logits, probs, reduction="sum")
+        total = total + per
+    return total / len(task)
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class TokenFocusTrainer(Trainer):
+        """Trainer whose loss reads the label tokens at the first answer position only."""
+
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *a, tf_cfg: TrainingConfig, label_ids, label_cols, is_vision, **kw):
+            super().__init__(*a, **kw)
+            self.tf_cfg, self.label_ids, self.label_cols = tf_cfg, label_ids, label_cols
+            self.is_vision = is_vision
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            task, target, std = inputs.pop("tf_task"), inputs.pop("tf_target"), inputs.pop("tf_std")
+            if self.tf_cfg.loss == "sft":
+                loss = tf_loss.full_vocab_sft_loss(model, inputs, inputs.pop("labels"))
+            else:
+                logits = tf_loss.answer_label_logits(model, inputs, self.label_ids.to(task.device))
+                loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
+            return (loss, None) if return_outputs else loss
+
+        def create_optimizer(self, model=None):
+            # Two learning rates: the vision tower and projector at vision_lr, the rest at lr.
+            if self.optimizer is None:
+                opt_model = self.model if model is None else model
+                decay = set(self.get_decay_parameter_names(opt_model))
+                groups: dict[tuple, list] = {}
+                for n, p in opt_model.named_parameters():
+                    if not p.requires_grad:
+                        continue
+                    vision = self.is_vision(n)
+                    key = (self.tf_cfg.vision_lr if vision else self.tf_cfg.lr,
+                           self.args.weight_decay if n in decay else 0.0)
+                    groups.setdefault(key, []).append(p)
+                params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+                self.optimizer = torch.optim.AdamW(params, lr=self.tf_cfg.lr,
+                                                   betas=(self.tf_cfg.adam_beta1, self.tf_cfg.adam_beta2))
+            return self.optimizer
+
+    return TokenFocusTrainer
+
+
+def _auto(flag: str) -> bool:
+    if flag == "auto":
+        return torch.cuda.is_available()
+    return flag == "true"
+
+
+def vision_modules(adapter) -> list[str]:
+    """Top-most module names of the vision tower and projector (peft ``modules_to_save``)."""
+    names = [n for n, _ in adapter.model.named_modules() if n and adapter.is_vision_param(n + ".")]
+    return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+
+
+def prepare_model(adapter, tcfg: TrainingConfig):
+    """LoRA on the language model; the vision tower and projector fully trained when asked."""
+    from peft import LoraConfig, get_peft_model
+
+    model = adapter.model
+    if tcfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_auto(tcfg.gradient_checkpointing))
+    lcfg = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
+                      target_modules=tcfg.lora_target or adapter.lora_target_regex,
+                      modules_to_save=vision_modules(adapter) if tcfg.train_vision else None,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def _accumulation(tcfg: TrainingConfig, world: int) -> int:
+    per_step = tcfg.per_device_batch * world
+    if tcfg.global_batch % per_step:
+        log.warning("global_batch %d is not a multiple of %d (per-device batch x processes); rounding",
+                    tcfg.global_batch, per_step)
+    return max(1, round(tcfg.global_batch / per_step))
+
+
+class EpochEvalCallback:
+    """Scores the held-out fold after every epoch and appends a line to metrics.jsonl."""
+
+    def __init__(self, evaluate, path: Path):
+        self.evaluate, self.path = evaluate, path
+
+    def __call__(self, args, state, control, model=None, **kw):
+        if not state.is_world_process_zero:
+            return
+        metrics = self.evaluate(model)
+        line = {"epoch": round(state.epoch or 0, 3), "step": state.global_step, **metrics}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        log.info("epoch %.2f held-out: %s", line["epoch"],
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd.DataFrame,
+               eval_q: pd.DataFrame, force: bool = False) -> Path:
+    """Fine-tune one (model, task, fold); returns the adapter directory."""
+    from transformers import TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .infer import evaluate_questions
+    from .models import load_model_adapter
+
+    out = model_dir(cfg, mcfg.name, task, fold)
+    if is_trained(out) and not force:
+        log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", mcfg.name, task, fold)
+        return out
+    tcfg = mcfg.training_config(cfg.training)
+    work = out.parent / f".work_fold{fold}"
+    if force and work.exists():
+        shutil.rmtree(work)
+    torch.manual_seed(tcfg.seed)
+    adapter = load_model_adapter(cfg, mcfg, qlora=tcfg.qlora)
+    label_ids, label_cols = label_logit_table(adapter)
+    model = prepare_model(adapter, tcfg)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",
+             mcfg.name, task, fold, len(train_q), len(eval_q), n_train)
+
+    from accelerate import PartialState
+
+    world = PartialState().num_processes
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=tcfg.per_device_batch,
+        gradient_accumulation_steps=_accumulation(tcfg, world),
+        num_train_epochs=tcfg.epochs,
+        max_steps=tcfg.max_steps,
+        learning_rate=tcfg.lr,
+        weight_decay=tcfg.weight_decay,
+        adam_beta1=tcfg.adam_beta1,
+        adam_beta2=tcfg.adam_beta2,
+        lr_scheduler_type=tcfg.scheduler,
+        warmup_steps=tcfg.warmup_steps,
+        seed=tcfg.seed,
+        data_seed=tcfg.seed,
+        bf16=_auto(tcfg.bf16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=_auto(tcfg.gradient_checkpointing),
+        save_strategy="steps",
+        save_steps=tcfg.save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(50, tcfg.save_steps)),
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=tcfg.dataloader_workers,
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
+    eval_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
+    metrics_path = work / "metrics.jsonl"
+
+    def evaluate(m):
+        return evaluate_questions(adapter, m, eval_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
+
+    class _Cb(TrainerCallback):
+        on_epoch_end = EpochEvalCallback(evaluate, metrics_path)
+
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=QuestionDataset(train_q, cfg.image_dir),
+        data_collator=TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=True),
+        callbacks=[_Cb()], tf_cfg=tcfg, label_ids=label_ids, label_cols=label_cols,
+        is_vision=adapter.is_vision_param)
+    work.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        _publish(trainer, work, out, {"model": mcfg.name, "family": mcfg.family, "base": mcfg.path,
+                                      "task": task, "fold": fold, "train_questions": len(train_q),
+                                      "eval_questions": len(eval_q), "train_runtime_s": result.metrics.get("train_runtime"),
+                                      "train_loss": result.metrics.get("train_loss"),
+                                      "global_step": trainer.state.global_step, "training": asdict(tcfg)})
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def _publish(trainer, work: Path, out: Path, card: dict) -> None:
+    """Write the adapter beside the work dir, then rename it into place: all or nothing."""
+    tmp = out.parent / f".tmp_fold{card['fold']}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    metrics = work / "metrics.jsonl"
+    if metrics.is_file():
+        shutil.copy(metrics, tmp / "metrics.jsonl")
+    write_json(tmp / "train_done.json", card)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def fold_questions(cfg: Config, train: pd.DataFrame, folds: pd.DataFrame, fold: int, tasks: tuple[str, ...],
+                   tcfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training questions (other folds) and held-out questions (this fold) of the given kinds."""
+    q = build_questions(train)
+    q = q[q["task"].isin(tasks)].merge(folds[["img_path", "fold"]], on="img_path")
+    tr, ev = q[q["fold"] != fold], q[q["fold"] == fold]
+    if tcfg.max_train_questions and len(tr) > tcfg.max_train_questions:
+        tr = tr.sample(n=tcfg.max_train_questions, random_state=tcfg.seed + fold)
+    # Shuffle is the Trainer's job; a stable order here keeps runs reproducible.
+    return tr.reset_index(drop=True), ev.reset_index(drop=True)
+
+
+def run_training(cfg: Config, force: bool = False, model: str | None = None, task: str | None = None,
+                 fold: int | None = None) -> pd.DataFrame:
+    """Stage 03: every (model, task, fold) of the config, or the one selected."""
+    from .stages import load_folds, load_split
+
+    train, folds = load_split(cfg, "train"), load_folds(cfg)
+    models = [cfg.model(model)] if model else cfg.models + cfg.ablation_models()
+    rows = []
+    for mcfg in models:
+        tcfg = mcfg.training_config(cfg.training)
+        groups = task_groups(tcfg.task_mode)
+        if task and task not in groups:
+            raise ValueError(f"--task {task!r}: model {mcfg.name} trains {sorted(groups)} (task_mode {tcfg.task_mode})")
+        for tname, tasks in groups.items():
+            if task and tname != task:
+                continue
+            for k in model_folds(cfg, mcfg):
+                if fold is not None and k != fold:
+                    continue
+                tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
+                out = train_fold(cfg, mcfg, tname, k, tr, ev, force=force)
+                rows.append({"model": mcfg.name, "task": tname, "fold": k, **_last_metrics(out)})
+    table = pd.DataFrame(rows)
+    return table
+
+
+def _last_metrics(out: Path) -> dict:
+    p = out / "metrics.jsonl"
+    if not p.is_file():
+        return {}
+    lines = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    return {k: v for k, v in lines[-1].items() if k in ("epoch", "srcc", "plcc", "acc", "final")} if lines else {}
