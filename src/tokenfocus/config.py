@@ -123,7 +123,11 @@ class Config:
         whose settings equal its model's own is not trained again: that model's folds serve."""
         if self.ablation is None:
             return []
-        base = self.model(self.ablation.model)
+        found = [m for m in self.models if m.name == self.ablation.model]
+        if not found:
+            raise ConfigError(f"{self.source}: ablation.model {self.ablation.model!r} is not one of the models "
+                              f"{[m.name for m in self.models]}")
+        base = found[0]
         own = base.training_config(self.training)
         out = []
         for variant, overrides in self.ablation.variants.items():

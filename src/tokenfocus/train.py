@@ -59,7 +59,7 @@ class QuestionDataset(torch.utils.data.Dataset):
         return len(self.q)
 
     def __getitem__(self, i: int) -> dict:
-        return self.q.iloc[i].to_dict()
+        return {**self.q.iloc[i].to_dict(), "_row": i}
 
 
 def load_image(image_dir: Path, img_path: str):
@@ -72,19 +72,24 @@ def load_image(image_dir: Path, img_path: str):
 class TokenFocusCollator:
     """Builds one batch: chat inputs from the adapter, plus task ids and targets.
 
-    Structural fields are dropped with torch's global generator, which Trainer checkpoints,
-    so that a resumed run draws the same questions as an uninterrupted one.
+    Which structural fields a question loses is drawn from (seed, epoch, row), not from a
+    running generator, so a resumed run and every process of a distributed one ask exactly
+    the questions an uninterrupted single-process run asks.
     """
+
+    epoch = 0
 
     def __init__(self, adapter, image_dir: Path, tcfg: TrainingConfig, train: bool = True,
                  question_fn=question_text):
         self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
         self.question_fn = question_fn
 
+    def _rng(self, row: dict):
+        return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
+
     def __call__(self, rows: list[dict]) -> dict:
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())) if self.train else None
         drop = self.tcfg.structural_drop_rate if self.train else 0.0
-        questions = [self.question_fn(r, self.tcfg.structural, drop, rng) for r in rows]
+        questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
         images = [load_image(self.image_dir, r["img_path"]) for r in rows]
         # Scoring reads the first answer position, so only training appends the answer.
         answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
@@ -218,7 +223,7 @@ class EpochEvalCallback:
 
 
 def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd.DataFrame,
-               eval_q: pd.DataFrame, force: bool = False) -> Path:
+               eval_q: pd.DataFrame, force: bool = False, callbacks: tuple = ()) -> Path:
     """Fine-tune one (model, task, fold); returns the adapter directory."""
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -232,8 +237,11 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
         return out
     tcfg = mcfg.training_config(cfg.training)
     work = out.parent / f".work_fold{fold}"
-    if force and work.exists():
-        shutil.rmtree(work)
+    if force:
+        # Redoing a fold: the old adapter must not pass for finished if this run dies.
+        for d in (work, out):
+            if d.exists():
+                shutil.rmtree(d)
     torch.manual_seed(tcfg.seed)
     adapter = load_model_adapter(cfg, mcfg, qlora=tcfg.qlora)
     label_ids, label_cols = label_logit_table(adapter)
@@ -278,13 +286,18 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     def evaluate(m):
         return evaluate_questions(adapter, m, eval_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
 
+    train_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=True)
+
     class _Cb(TrainerCallback):
         on_epoch_end = EpochEvalCallback(evaluate, metrics_path)
 
+        def on_epoch_begin(self, args, state, control, **kw):
+            train_collator.epoch = int(state.epoch or 0)
+
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=QuestionDataset(train_q, cfg.image_dir),
-        data_collator=TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=True),
-        callbacks=[_Cb()], tf_cfg=tcfg, label_ids=label_ids, label_cols=label_cols,
+        data_collator=train_collator,
+        callbacks=[_Cb(), *callbacks], tf_cfg=tcfg, label_ids=label_ids, label_cols=label_cols,
         is_vision=adapter.is_vision_param)
     work.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(work)) if work.is_dir() else None

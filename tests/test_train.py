@@ -1,0 +1,135 @@
+"""Training on the tiny bases: resume after a crash, publishing, and a two-process run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from tokenfocus import stages
+from tokenfocus.config import load_config
+from tokenfocus.train import fold_questions, is_trained, model_dir, train_fold
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+name: tiny
+output_root: {root}/output
+dataset:
+  root: {root}/data
+demo:
+  seed: 3
+  n_train_prompts: 20
+  n_test_prompts: 4
+  images_per_prompt: 2
+models:
+  - name: qwen
+    family: qwen2_5_vl
+    path: {repo}/input/pretrained/tiny-qwen2.5-vl
+  - name: qwen_nodrop        # deterministic questions: every process draws its own random drops
+    family: qwen2_5_vl
+    path: {repo}/input/pretrained/tiny-qwen2.5-vl
+    training: {{structural_drop_rate: 0.0}}
+training:
+  lora_r: 4
+  lora_alpha: 8
+  lora_dropout: 0.0
+  structural_drop_rate: 0.5
+  lr: 1.0e-3
+  vision_lr: 1.0e-4
+  warmup_steps: 2
+  global_batch: 8
+  per_device_batch: 4
+  max_steps: 6
+  save_steps: 2
+  eval_batch: 16
+  max_train_questions: 48
+"""
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    path = root / "tiny.yaml"
+    path.write_text(CONFIG.format(root=root, repo=REPO))
+    cfg = load_config(path)
+    stages.make_demo(cfg)
+    stages.make_fold_file(cfg)
+    return cfg
+
+
+def _questions(cfg):
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+    mcfg = cfg.model("qwen")
+    tr, ev = fold_questions(cfg, train, folds, 0, ("total", "element"), mcfg.training_config(cfg.training))
+    return mcfg, tr, ev.head(20)
+
+
+def _weights(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+class Crash(TrainerCallback):
+    """Dies right after the step-4 checkpoint, as a killed job would."""
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
+    mcfg, tr, ev = _questions(cfg)
+    out = train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    card = json.loads((out / "train_done.json").read_text())
+    assert card["global_step"] == 6
+    reference = _weights(out)
+    assert any("lora_" in k for k in reference) and any("visual" in k for k in reference)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert {"srcc", "plcc", "acc", "final"} <= set(json.loads(lines[-1]))
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, mcfg, "mixed", 0, tr, ev, force=True, callbacks=(Crash(),))
+    assert not is_trained(out) and not out.exists()   # nothing half-published
+    work = out.parent / ".work_fold0"
+    assert (work / "checkpoint-4").is_dir()
+    resumed = _weights(train_fold(cfg, mcfg, "mixed", 0, tr, ev))
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
+
+
+def test_finished_fold_is_skipped(cfg):
+    mcfg, tr, ev = _questions(cfg)
+    out = model_dir(cfg, "qwen", "mixed", 0)
+    if not is_trained(out):
+        train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    before = (out / "train_done.json").stat().st_mtime_ns
+    train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    assert (out / "train_done.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.skipif(os.name != "posix", reason="gloo processes")
+def test_two_processes_match_one(cfg, tmp_path):
+    """accelerate launch with 2 CPU processes (gloo): same global batch, same weights."""
+    mcfg = cfg.model("qwen_nodrop")
+    single = _weights(train_fold(cfg, mcfg, "mixed", 1, *_fold1(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(REPO / "src" / "03_train.py"), "--config", cfg.source, "--model", "qwen_nodrop", "--fold", "1",
+           "--force"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = _weights(model_dir(cfg, "qwen_nodrop", "mixed", 1))
+    for k in single:
+        torch.testing.assert_close(double[k], single[k], atol=1e-4, rtol=1e-3)
+
+
+def _fold1(cfg):
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+    mcfg = cfg.model("qwen_nodrop")
+    return fold_questions(cfg, train, folds, 1, ("total", "element"), mcfg.training_config(cfg.training))
