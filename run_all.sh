@@ -5,6 +5,7 @@
 #   --setup-only  create/update the virtual environment and stop
 # Environment: VENV (default .venv), TORCH_SPEC (default torch==2.13.0 without a GPU).
 set -euo pipefail
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"   # see src/tokenfocus/__init__.py
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 CONFIG=configs/demo.yaml
@@ -57,7 +58,9 @@ stage() {
   local script="$1"; shift
   echo
   echo "== $script"
+  local t0; t0=$(date +%s)
   "$PY" "src/$script" --config "$CONFIG" "${FORCE[@]}" "$@"
+  echo "-- $script: $(( $(date +%s) - t0 )) s"
 }
 
 setup

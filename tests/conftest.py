@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 
+import tokenfocus  # noqa: F401  (sets the OpenMP wait policy before torch spins up its threads)
+
 # Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
 torch.set_num_threads(1)
 

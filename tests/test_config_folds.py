@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.folds import check_folds, fold_table, make_folds
@@ -10,6 +11,35 @@ def test_demo_config_loads():
     cfg = load_config()
     assert cfg.name == "demo" and cfg.folds.n_folds == 5 and cfg.demo is not None
     assert cfg.exp_dir.name == "demo"
+
+
+REAL_CONFIGS = ["qwen2_5_vl_7b", "internvl3_8b", "internvl3_38b", "evalmuse_paper"]
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_real_experiment_configs(name):
+    """The real experiments name hub checkpoints of the native families and the paper's Table 2."""
+    from tokenfocus.config import REPO_ROOT
+
+    cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    assert cfg.dataset.root == "input/evalmuse" and cfg.demo is None and cfg.folds.n_folds == 5
+    for m in cfg.models:
+        t = m.training_config(cfg.training)
+        assert "/" in m.path and not m.trust_remote_code, m.name
+        assert (t.lora_r, t.lora_alpha, t.lr, t.vision_lr, t.global_batch, t.epochs) == (64, 128, 1e-4, 1e-5, 64, 3.0)
+        assert (t.adam_beta1, t.adam_beta2, t.weight_decay, t.warmup_steps) == (0.9, 0.95, 0.05, 200)
+    assert cfg.ensemble.base_models == [m.name for m in cfg.models]
+
+
+def test_qlora_needs_cuda():
+    from tokenfocus.config import REPO_ROOT
+    from tokenfocus.models import load_model_adapter
+
+    cfg = load_config(REPO_ROOT / "configs" / "internvl3_38b.yaml")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="qlora needs a CUDA GPU"):
+        load_model_adapter(cfg, cfg.models[0])
 
 
 @pytest.mark.parametrize("text, msg", [

@@ -81,7 +81,7 @@ def test_left_padding_keeps_the_answer_position_last(adapter):
         for i in range(3):
             single = adapter.encode([imgs[i]], [QUESTIONS[i]])
             assert single["input_ids"].shape[1] == lengths[i]
-            torch.testing.assert_close(batched[i], adapter.last_logits(single)[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched[i], adapter.last_logits(single)[0], atol=1e-4, rtol=1e-5)  # float32 batching noise; a wrong position differs by O(1)
 
 
 def test_prefix_plus_suffix_equals_encode(adapter):

@@ -28,10 +28,13 @@ def base_path(cfg: Config, mcfg: ModelConfig) -> str:
     return str(local) if local.is_dir() else mcfg.path
 
 
-def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool = False):
-    """The base model of ``mcfg`` behind its family adapter (4-bit when ``qlora``)."""
+def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool | None = None):
+    """The base model of ``mcfg`` behind its family adapter, 4-bit when ``qlora`` (default: the
+    model's training setting, so that a model trained on a 4-bit base is scored on it too)."""
     from .lvlm import load_adapter
 
+    if qlora is None:
+        qlora = mcfg.training_config(cfg.training).qlora
     options = {k: v for k, v in (("min_pixels", mcfg.min_pixels), ("max_pixels", mcfg.max_pixels)) if v is not None}
     kwargs = {}
     if qlora:
@@ -43,8 +46,7 @@ def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool = False):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
     adapter = load_adapter(mcfg.family, base_path(cfg, mcfg), dtype=model_dtype(mcfg), device=device(),
-                           trust_remote_code=mcfg.trust_remote_code, **({"model_kwargs": kwargs} if kwargs else {}),
-                           **options)
+                           trust_remote_code=mcfg.trust_remote_code, model_kwargs=kwargs, **options)
     log.info("loaded %s (%s) from %s: %.2fM parameters", mcfg.name, mcfg.family, mcfg.path,
              adapter.num_parameters() / 1e6)
     return adapter

@@ -1,6 +1,8 @@
 """Build the tiny pretrained Qwen2.5-VL and InternVL bases of the demo.
 
     python src/tools/make_tiny_bases.py --out input/pretrained --seed 1234
+    # or both families at once, one core each (same result):
+    python src/tools/make_tiny_bases.py --family internvl & python src/tools/make_tiny_bases.py --family qwen2_5_vl
 
 For each family: a byte-level BPE tokenizer trained on demo-style text (any text
 encodes; digits are single tokens; the family's chat special tokens), a random-init
@@ -8,7 +10,8 @@ model of the real architecture at a few hundred thousand to ~1M parameters, an i
 processor at 112 px (16 image tokens), a chat template; then a short pre-training on
 GENERIC questions about rendered scenes (is there a red circle, how many squares,
 what colour is the triangle, is the star left of the square), which are not the
-demo's scoring questions. Saved with save_pretrained (safetensors) so that they load
+demo's scoring questions, plus a region-word objective on the image tokens (see
+``pretrain``). Saved with save_pretrained (safetensors) so that they load
 exactly like real checkpoints: ``load_adapter('qwen2_5_vl', 'input/pretrained/tiny-qwen2.5-vl')``.
 A ``card.json`` beside each checkpoint records the seed, sizes and held-out accuracy
 per question type. Same seed, same checkpoints (on the same torch build and thread count).
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
@@ -38,8 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, for runnin
 
 from tokenfocus import prompts  # noqa: E402
 from tokenfocus.demo import scene as demo_scene  # noqa: E402
+from tokenfocus.demo.generators import GENERATOR_NAMES  # noqa: E402
+from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
 from tokenfocus.lvlm import load_adapter  # noqa: E402
 
+# About 12-15 minutes each on one core of a busy 2-core machine (InternVL's steps are cheaper).
+DEFAULT_STEPS = {"qwen2_5_vl": 4500, "internvl": 6000}
 IMAGE_SIZE = 112
 PATCH = 14
 FAMILIES = {"qwen2_5_vl": "tiny-qwen2.5-vl", "internvl": "tiny-internvl"}
@@ -81,9 +88,11 @@ CHAT_TEMPLATES = {
     ),
 }
 
-# Model sizes: small enough for ~50 ms training steps at batch 8 on two CPU cores.
+# Model sizes: small enough for ~50 ms training steps at batch 8 on two CPU cores. The init
+# scale follows 0.55/sqrt(hidden) (GPT-2's 0.02 at 768 wide): at 0.02 a 128-wide model never
+# learned to look up a question word in its context within our budget, at 0.05 it does.
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
+            num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, initializer_range=0.05)
 VISION_HIDDEN, VISION_LAYERS, VISION_HEADS = 64, 2, 4
 
 # Generator names for the tokenizer corpus (public T2I model names, as EvalMuse keys them).
@@ -106,9 +115,11 @@ GENERIC_TEXT = (
 COLOR_NAMES = tuple(demo_scene.COLORS)
 SHAPES = demo_scene.SHAPES
 PLURAL = demo_scene.PLURAL
-QUESTION_TYPES = ("shape", "color", "color_shape", "count", "color_of", "relation")
-# The binding questions dominate; the two easy presence questions help the start.
-QUESTION_WEIGHTS = (0.08, 0.08, 0.3, 0.18, 0.2, 0.16)
+QUESTION_TYPES = ("shape", "color", "color_shape", "count", "color_of", "relation", "background")
+# Presence questions (the demo's element questions are presence questions too) dominate.
+QUESTION_WEIGHTS = (0.15, 0.15, 0.25, 0.1, 0.15, 0.12, 0.08)
+# Words the image tokens are trained to predict (their region's colour and shape, or background).
+REGION_WORDS = tuple(COLOR_NAMES) + tuple(SHAPES) + tuple(demo_scene.BACKGROUNDS)
 RELATION_WORDS = {"left of": "left of", "right of": "right of", "above": "above", "below": "below"}
 
 
@@ -118,6 +129,8 @@ def answer_set(qtype: str) -> tuple[str, ...]:
         return tuple(str(i) for i in range(demo_scene.MAX_RENDERED_COUNT + 1))
     if qtype == "color_of":
         return COLOR_NAMES
+    if qtype == "background":
+        return demo_scene.BACKGROUNDS
     return ("Yes", "No")
 
 
@@ -156,6 +169,8 @@ def generic_question(scene, rng: np.random.Generator, qtype: str) -> tuple[str, 
     if qtype == "color_of":
         o = objs[int(rng.integers(len(objs)))]
         return f"What colour is the {o.shape}?", o.color
+    if qtype == "background":
+        return "What is the background?", scene.background
     if qtype == "relation":
         i, j = (int(k) for k in rng.choice(len(objs), 2, replace=False))
         relation = str(rng.choice(demo_scene.RELATIONS[scene.layout]))
@@ -172,8 +187,9 @@ def build_corpus(seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     lines = list(demo_scene.demo_vocabulary())
     lines += [" " + w for w in demo_scene.demo_vocabulary()]
-    lines += list(T2I_NAMES) + list(GENERIC_TEXT)
-    lines += list(COLOR_NAMES) + ["Yes", "No", " Yes", " No"] + [str(d) for d in range(10)]
+    lines += list(T2I_NAMES) + list(GENERATOR_NAMES) + list(GENERIC_TEXT)
+    lines += ["Yes", "No", " Yes", " No"] + [str(d) for d in range(10)]
+    lines += list(REGION_WORDS) + [" " + w for w in REGION_WORDS]
     for _ in range(400):
         scene = demo_scene.sample_scene(rng)
         kind = "real" if rng.random() < 0.5 else "synthetic"
@@ -217,7 +233,9 @@ def train_tokenizer(corpus: list[str], family: str) -> PreTrainedTokenizerFast:
                             replace_extra_special_tokens=False)
     fast.chat_template = CHAT_TEMPLATES[family]
     # Everything the scoring and pre-training questions answer with must be one token.
-    for word in prompts.TOTAL_LABELS + prompts.ELEMENT_LABELS + ("Yes", "No") + COLOR_NAMES:
+    answers = {a for t in QUESTION_TYPES for a in answer_set(t)}
+    words = set(prompts.TOTAL_LABELS + prompts.ELEMENT_LABELS) | answers | {" " + w for w in REGION_WORDS}
+    for word in sorted(words):
         ids = fast(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise RuntimeError(f"answer word {word!r} is {len(ids)} tokens; raise VOCAB_SIZE")
@@ -238,7 +256,7 @@ def build_qwen(tok: PreTrainedTokenizerFast):
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), **TEXT, bos_token_id=im_start, eos_token_id=eos, pad_token_id=pad,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-                         tie_word_embeddings=False),
+                         tie_word_embeddings=True),
         vision_config=dict(depth=VISION_LAYERS, hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN,
                            num_heads=VISION_HEADS, in_channels=3, patch_size=PATCH, spatial_merge_size=2,
                            temporal_patch_size=2, window_size=IMAGE_SIZE, out_hidden_size=TEXT["hidden_size"],
@@ -247,7 +265,9 @@ def build_qwen(tok: PreTrainedTokenizerFast):
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=False,
+        # Tied, as in Qwen2.5-VL-3B: the region-word objective then aligns image tokens with the
+        # input embeddings of the words a question uses.
+        tie_word_embeddings=True,
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
     pixels = IMAGE_SIZE * IMAGE_SIZE  # fixed 112x112: 8x8 patches, merged 2x2 into 16 tokens
@@ -300,9 +320,35 @@ def save_checkpoint(out: Path, model, tokenizer, image_processor, processor_conf
 
 # ---------------------------------------------------------------------------------- pre-training
 
-def render(scene, rng):
-    from tokenfocus.demo.render import render_scene
-    return render_scene(scene, size=IMAGE_SIZE, rng=rng)
+GRID = IMAGE_SIZE // (2 * PATCH)  # 4x4 image tokens, in raster order for both families
+REGION_MIN_COVER = 0.15
+
+
+def render_with_regions(scene, seed) -> tuple:
+    """The image, and for each of the GRID x GRID image-token cells the words it shows.
+
+    A second render of the same scene (same jitter seed) with plain fills on a blank
+    background gives exact pixel masks; a cell shows an object group when the group covers
+    at least REGION_MIN_COVER of it, and shows the background word otherwise.
+    """
+    image = render_scene(scene, size=IMAGE_SIZE, rng=np.random.default_rng(seed))
+    flat = scene.copy()
+    flat.style, flat.background = "none", "snow"
+    for o in flat.objects:
+        o.texture = "plain"
+    pixels = np.asarray(render_scene(flat, size=IMAGE_SIZE, rng=np.random.default_rng(seed))).astype(int)
+    owner = np.full(pixels.shape[:2], -1)
+    for g, o in enumerate(flat.objects):
+        owner[np.abs(pixels - np.array(object_rgb(o))).sum(-1) == 0] = g
+    cell = IMAGE_SIZE // GRID
+    words = []
+    for r in range(GRID):
+        for c in range(GRID):
+            block = owner[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            found = [w for g, o in enumerate(scene.objects) if (block == g).mean() >= REGION_MIN_COVER
+                     for w in (o.color, o.shape)]
+            words.append(found or [scene.background])
+    return image, words
 
 
 def make_examples(n: int, rng: np.random.Generator, qtypes=None):
@@ -312,7 +358,7 @@ def make_examples(n: int, rng: np.random.Generator, qtypes=None):
         scene = demo_scene.sample_scene(rng)
         qtype = qtypes[k % len(qtypes)] if qtypes else str(rng.choice(QUESTION_TYPES, p=QUESTION_WEIGHTS))
         q, a = generic_question(scene, rng, qtype)
-        out.append((render(scene, rng), q, a, qtype))
+        out.append((render_scene(scene, size=IMAGE_SIZE, rng=rng), q, a, qtype))
     return out
 
 
@@ -332,8 +378,8 @@ def evaluate(adapter, examples, batch_size: int = 64) -> dict[str, float]:
     return {t: round(float(np.mean(h)), 4) for t, h in hits.items() if h}
 
 
-def chance_levels(examples) -> dict[str, float]:
-    """Accuracy of always answering the most frequent answer of each type (the bar to clear)."""
+def majority_baseline(examples) -> dict[str, float]:
+    """Accuracy of always giving each type's most frequent answer (the bar to clear)."""
     out = {}
     for t in QUESTION_TYPES:
         answers = [e[2] for e in examples if e[3] == t]
@@ -343,44 +389,71 @@ def chance_levels(examples) -> dict[str, float]:
     return out
 
 
+def region_target(words: list[list[str]], word_ids: dict[str, int], vocab_size: int) -> torch.Tensor:
+    """(GRID*GRID, vocab) target distributions: each cell's words share the mass equally."""
+    target = torch.zeros(len(words), vocab_size)
+    for k, cell in enumerate(words):
+        for w in cell:
+            target[k, word_ids[w]] += 1.0 / len(cell)
+    return target
+
+
 def pretrain(adapter, *, steps: int, batch_size: int, lr: float, seed: int, pool_size: int,
-             log_every: int = 100) -> dict:
-    """Full-parameter training on generic questions: cross-entropy of the first answer token."""
+             region_weight: float = 1.0, log_every: int = 100) -> dict:
+    """Full-parameter training on generic questions.
+
+    Loss: cross-entropy of the first answer token at the last position, plus (weight
+    `region_weight`) a region-word loss at the image-token positions: each image token
+    predicts, through the (tied) LM head, the colour and shape words of the object in its
+    cell, or the background word. It puts image tokens where the question words' embeddings
+    are, so that looking up "red" or "circle" among the image tokens works like looking it up
+    in text; without it presence questions stayed at chance for thousands of steps.
+    """
     rng = np.random.default_rng([seed, 1])
     torch.manual_seed(seed)
-    # Rendering is the slow part: render a pool once and ask new questions about it every step.
     scenes = [demo_scene.sample_scene(rng) for _ in range(pool_size)]
-    images = [render(s, rng) for s in tqdm(scenes, desc="render", leave=False)]
+    pool = [render_with_regions(s, [seed, 3, i]) for i, s in enumerate(tqdm(scenes, desc="render", mininterval=5))]
+    # Region words are predicted mid-sentence, so as their space-prefixed tokens.
+    word_ids = dict(zip(REGION_WORDS, adapter.label_ids([" " + w for w in REGION_WORDS])))
+    targets = [region_target(words, word_ids, len(adapter.tokenizer)) for _, words in pool]
     answers = sorted({a for t in QUESTION_TYPES for a in answer_set(t)})
     answer_token = dict(zip(answers, adapter.label_ids(answers)))
+    image_token = adapter.tokenizer.convert_tokens_to_ids(adapter.image_placeholder)
     model = adapter.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    losses = []
+    warmup, decay_from = 100, int(0.8 * steps)
+    # Warm-up, constant, then a linear cool-down over the last 20% to 10% of the peak rate.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 1.0) if s < decay_from
+                                              else 1.0 - 0.9 * (s - decay_from) / max(1, steps - decay_from))
+    history = {"qa": [], "region": []}
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"pretrain {adapter.family}")
+    bar = tqdm(range(steps), desc=f"pretrain {adapter.family}", mininterval=10)
     for step in bar:
         idx = rng.integers(pool_size, size=batch_size)
         qa = [generic_question(scenes[i], rng, str(rng.choice(QUESTION_TYPES, p=QUESTION_WEIGHTS))) for i in idx]
-        batch = adapter.encode([images[i] for i in idx], [q for q, _ in qa])
-        target = torch.tensor([answer_token[a] for _, a in qa])
-        logits = adapter.last_logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits, target)
+        batch = adapter.prepare(adapter.encode([pool[i][0] for i in idx], [q for q, _ in qa]))
+        logits = model(**batch, use_cache=False).logits.float()
+        qa_loss = F.cross_entropy(logits[:, -1], torch.tensor([answer_token[a] for _, a in qa]))
+        at_image = logits[batch["input_ids"] == image_token].view(batch_size, GRID * GRID, -1)
+        target = torch.stack([targets[i] for i in idx])
+        region_loss = -(target * F.log_softmax(at_image, dim=-1)).sum(-1).mean()
+        loss = qa_loss + region_weight * region_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        history["qa"].append(qa_loss.item())
+        history["region"].append(region_loss.item())
         if (step + 1) % log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.3f}")
+            bar.set_postfix(qa=f"{np.mean(history['qa'][-log_every:]):.3f}",
+                            region=f"{np.mean(history['region'][-log_every:]):.3f}")
     model.eval()
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "pool_images": pool_size,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "final_loss": round(float(np.mean(losses[-log_every:])), 4)}
+            "region_weight": region_weight, "seconds": round(time.perf_counter() - t0, 1),
+            "final_qa_loss": round(float(np.mean(history["qa"][-log_every:])), 4),
+            "final_region_loss": round(float(np.mean(history["region"][-log_every:])), 4)}
 
 
 def measure_step_ms(adapter, batch_size: int = 8, repeats: int = 10, seed: int = 0) -> float:
@@ -427,8 +500,8 @@ def make_family(family: str, out_dir: Path, seed: int, corpus: list[str], args) 
     held_out = make_examples(args.eval_per_type * len(QUESTION_TYPES), np.random.default_rng([seed, 2]),
                              qtypes=QUESTION_TYPES)
     before = evaluate(adapter, held_out)
-    stats = pretrain(adapter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                     pool_size=args.pool)
+    stats = pretrain(adapter, steps=args.steps or DEFAULT_STEPS[family], batch_size=args.batch_size, lr=args.lr,
+                     seed=seed, pool_size=args.pool)
     after = evaluate(adapter, held_out)
     save_checkpoint(target, adapter.model, adapter.tokenizer, adapter.image_processor, processor_config)
     size = sum(f.stat().st_size for f in target.iterdir())
@@ -438,7 +511,7 @@ def make_family(family: str, out_dir: Path, seed: int, corpus: list[str], args) 
         "torch_threads": torch.get_num_threads(), "checkpoint_bytes": size,
         "pretrain": {**stats, "question_types": list(QUESTION_TYPES), "question_weights": list(QUESTION_WEIGHTS),
                      "held_out_per_type": args.eval_per_type, "accuracy_before": before,
-                     "accuracy": after, "majority_baseline": chance_levels(held_out)},
+                     "accuracy": after, "majority_baseline": majority_baseline(held_out)},
     }
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
@@ -451,12 +524,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--family", choices=sorted(FAMILIES), action="append",
                     help="build only this family (repeatable); default both")
-    ap.add_argument("--steps", type=int, default=3000, help="pre-training steps per family")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"pre-training steps (default per family: {DEFAULT_STEPS})")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--pool", type=int, default=6000, help="rendered scenes the questions are asked about")
     ap.add_argument("--eval-per-type", type=int, default=200, help="held-out questions per type")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     corpus = build_corpus(args.seed)

@@ -77,6 +77,7 @@ def load_adapter(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
     **image_options: Any,
 ) -> "LVLMAdapter":
     """Load a base (or merged) checkpoint of `family` from a local path or hub id.
@@ -86,13 +87,15 @@ def load_adapter(
     checkpoint that needs remote code is refused with a message saying so.
     `image_options` are the family's resolution limits (see each adapter's
     ``image_option_names``; ``image_size`` caps the longer image side for all).
+    `model_kwargs` go to the model's ``from_pretrained`` (e.g. a bitsandbytes
+    ``quantization_config``; a quantized model is placed with ``device_map``).
     """
     if (family, False) not in _REGISTRY:
         raise ValueError(f"unknown LVLM family {family!r}; known: {families()}")
     if trust_remote_code and (family, True) not in _REGISTRY:
         raise ValueError(f"family {family!r} has no remote-code adapter; drop trust_remote_code")
     cls = _REGISTRY[(family, trust_remote_code)]
-    return cls.from_pretrained(path, dtype=dtype, device=device, **image_options)
+    return cls.from_pretrained(path, dtype=dtype, device=device, model_kwargs=model_kwargs, **image_options)
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -143,13 +146,20 @@ class LVLMAdapter:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype="float32", device="cpu", image_size=None, **options):
+    def from_pretrained(cls, path: str, *, dtype="float32", device="cpu", image_size=None,
+                        model_kwargs: dict[str, Any] | None = None, **options):
         unknown = set(options) - set(cls.image_option_names)
         if unknown:
             raise ValueError(f"{cls.family}: unknown image option(s) {sorted(unknown)}; "
                              f"allowed: {['image_size', *cls.image_option_names]}")
         cls.check_checkpoint(path)
-        model = cls.load_model(path, _resolve_dtype(dtype)).to(device).eval()
+        kwargs = dict(model_kwargs or {})
+        if "quantization_config" in kwargs:
+            # Quantized weights cannot be moved after loading: place them while loading.
+            kwargs.setdefault("device_map", {"": str(device)})
+            model = cls.load_model(path, _resolve_dtype(dtype), **kwargs).eval()
+        else:
+            model = cls.load_model(path, _resolve_dtype(dtype), **kwargs).to(device).eval()
         tokenizer = cls.load_tokenizer(path)
         image_processor = cls.load_image_processor(path, {k: v for k, v in options.items() if v is not None})
         template = cls.load_template(path, tokenizer)
@@ -169,8 +179,8 @@ class LVLMAdapter:
                              f"serves {list(cls.model_types)}.{hint}")
 
     @classmethod
-    def load_model(cls, path: str, dtype: torch.dtype):
-        return cls.model_class.from_pretrained(path, dtype=dtype)
+    def load_model(cls, path: str, dtype: torch.dtype, **kwargs):
+        return cls.model_class.from_pretrained(path, dtype=dtype, **kwargs)
 
     @classmethod
     def load_tokenizer(cls, path: str):

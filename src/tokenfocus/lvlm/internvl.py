@@ -69,8 +69,8 @@ class InternVLRemoteAdapter(InternVLAdapter):
                       "多模态大语言模型。")
 
     @classmethod
-    def load_model(cls, path, dtype):
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=True)
+    def load_model(cls, path, dtype, **kwargs):
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=True, **kwargs)
         if not hasattr(model, "img_context_token_id"):
             raise ValueError(f"{path!r} loaded as {type(model).__name__}, not an InternVL chat model")
         return model

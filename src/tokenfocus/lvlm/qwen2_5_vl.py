@@ -16,6 +16,12 @@ class Qwen25VLAdapter(LVLMAdapter):
     Qwen processor; the 7B default allows up to 12.8M). Parameter names: vision
     tower ``model.visual.*`` with projector ``model.visual.merger``, language model
     ``model.language_model.*``, ``lm_head``.
+
+    Positions are 3-D (mrope) and computed from ``mm_token_type_ids``: the text after an
+    image continues from the image block's largest position + 1, not from its token count.
+    A suffix scored against a cached prefix therefore needs explicit positions
+    ``prefix_len + arange(len) + rope_delta`` (the model keeps ``rope_deltas`` from the
+    prefix forward), broadcast to the three mrope axes.
     """
 
     model_class = Qwen2_5_VLForConditionalGeneration
