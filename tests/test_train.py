@@ -133,3 +133,34 @@ def _fold1(cfg):
     train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
     mcfg = cfg.model("qwen_nodrop")
     return fold_questions(cfg, train, folds, 1, ("total", "element"), mcfg.training_config(cfg.training))
+
+
+def test_merged_adapter_scores_like_unmerged(cfg):
+    """Inference folds the LoRA into the base: same label logits as the PEFT-wrapped model."""
+    from tokenfocus.infer import label_logit_table
+    from tokenfocus.loss import answer_label_logits
+    from tokenfocus.models import load_trained
+    from tokenfocus.train import TokenFocusCollator
+
+    mcfg, tr, ev = _questions(cfg)
+    out = model_dir(cfg, "qwen", "mixed", 0)
+    if not is_trained(out):
+        train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    tcfg = mcfg.training_config(cfg.training)
+    logits = {}
+    for merge in (False, True):
+        adapter, model = load_trained(cfg, mcfg, out, merge=merge)
+        assert (type(model).__name__.startswith("PeftModel")) != merge
+        batch = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)(ev.head(8).to_dict("records"))
+        ids, _ = label_logit_table(adapter)
+        inputs = {k: v for k, v in batch.items() if not k.startswith("tf_")}
+        with torch.no_grad():
+            logits[merge] = answer_label_logits(model, inputs, ids)
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-4, rtol=1e-4)
+    # The trained weights change the answers: the comparison is not between two bare bases.
+    from tokenfocus.models import load_model_adapter
+
+    bare = load_model_adapter(cfg, mcfg)
+    with torch.no_grad():
+        untuned = answer_label_logits(bare.model, inputs, ids)
+    assert (untuned - logits[True]).abs().max() > 1e-3
