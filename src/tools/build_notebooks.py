@@ -712,7 +712,11 @@ INFER = [
                 print(rel(path))
                 display(read_dump(path).head(4))
         folds = pd.read_csv(cfg.folds_path, dtype={"prompt_id": str})
-        oof_long, test_long = load_dumps(preds_dir, folds=folds)
+        # Models scored on every fold; ablation variants cover their ablation folds only.
+        dumped = set(inventory["model"])
+        baselines = sorted(m for m in dumped if m == "prior" or m.startswith("zeroshot_"))
+        every_fold = [m for m in [mc.name for mc in cfg.models] + baselines if m in dumped]
+        oof_long, test_long = load_dumps(preds_dir, models=every_fold, folds=folds)
         print(f"load_dumps: {oof_long['model'].nunique()} model(s), {len(oof_long):,} OOF rows and "
               f"{len(test_long):,} test rows, coverage checked")
     '''),
