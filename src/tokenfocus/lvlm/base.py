@@ -157,9 +157,8 @@ class LVLMAdapter:
         if "quantization_config" in kwargs:
             # Quantized weights cannot be moved after loading: place them while loading.
             kwargs.setdefault("device_map", {"": str(device)})
-            model = cls.load_model(path, _resolve_dtype(dtype), **kwargs).eval()
-        else:
-            model = cls.load_model(path, _resolve_dtype(dtype), **kwargs).to(device).eval()
+        model = cls.load_model(path, _resolve_dtype(dtype), **kwargs)
+        model = (model if "device_map" in kwargs else model.to(device)).eval()
         tokenizer = cls.load_tokenizer(path)
         image_processor = cls.load_image_processor(path, {k: v for k, v in options.items() if v is not None})
         template = cls.load_template(path, tokenizer)
