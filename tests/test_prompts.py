@@ -30,8 +30,9 @@ def test_total_question_with_all_fields():
 
 def test_element_question_names_element_and_category():
     q = element_question("two blue squares", "two", "counting", FULL)
-    assert 'Element: "two" (counting)' in q
-    assert q.endswith(ELEMENT_INSTRUCTION)
+    # The element is the last thing read, unquoted, after the answer format.
+    assert q.endswith(f"{ELEMENT_INSTRUCTION}\nElement: two (counting)")
+    assert element_question("a  cat", " big\n red ", "attribute").endswith("Element: big red (attribute)")
     assert "1 if present" in ELEMENT_INSTRUCTION and "0 if absent" in ELEMENT_INSTRUCTION
     # The shared part (prompt + info) comes before the element.
     assert q.index("Text prompt") < q.index("info:") < q.index("Element:")
@@ -59,7 +60,7 @@ def test_info_from_pandas_row_and_missing_category():
     text = structural_text(row)
     assert text.startswith("info: generator SDXL-Turbo") and "attribute" not in text
     q = element_question("a star", "star", None, row)
-    assert 'Element: "star"\n' in q
+    assert q.endswith("\nElement: star")
     assert not is_missing(0.0) and not is_missing(0) and not is_missing("x")
 
 

@@ -1,9 +1,11 @@
 """Scoring questions whose first answer token is the label.
 
-Every question ends with a strictly controlled answer format so that the model's
+Every question states a strictly controlled answer format so that the model's
 first answer token is one of the label tokens: '1'..'5' for the overall score and
 '1' (present) / '0' (absent) for an element. The shared part (the T2I prompt and
-the optional structural information) comes first, the task-specific part last.
+the optional structural information) comes first, the task-specific part last:
+the answer format for the total score, the answer format and then the element for an
+element.
 
 Structural information (T2I model name, prompt type and the prompt-evaluation
 fields) is optional field by field: the final test hides the model name and the
@@ -96,11 +98,19 @@ def total_question(prompt: str, info: Mapping[str, Any] | None = None) -> str:
 def element_question(
     prompt: str, element_text: str, category: str, info: Mapping[str, Any] | None = None
 ) -> str:
-    """The question for one element of the prompt; the answer is one of ELEMENT_LABELS."""
-    element = f'Element: "{str(element_text).strip()}"'
+    """The question for one element of the prompt; the answer is one of ELEMENT_LABELS.
+
+    The element comes last, unquoted: ``Element: red (attribute-color)``. The words read
+    just before answering are the ones a model most easily looks up in the image, and
+    unquoted they tokenize as they do inside the prompt (' red', not '"red'). Measured on the
+    tiny InternVL base, colour elements only, 1600 steps, labels balanced: held-out accuracy
+    0.742 with this layout vs 0.559 with the element quoted before the instruction (majority
+    0.516).
+    """
+    element = f"Element: {' '.join(str(element_text).split())}"
     if not is_missing(category):
         element += f" ({str(category).strip()})"
-    return f"{_context(prompt, info)}\n{element}\n{ELEMENT_INSTRUCTION}"
+    return f"{_context(prompt, info)}\n{ELEMENT_INSTRUCTION}\n{element}"
 
 
 def drop_structural(info: Mapping[str, Any] | None, rate: float, rng) -> dict:

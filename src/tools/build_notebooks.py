@@ -409,6 +409,36 @@ TRAIN = [
     pd.DataFrame({name: {k: str(asdict(t)[k]) for k in keys} for name, t in columns.items()})
     '''),
     md('''
+    ## Where the demo's tiny bases come from
+
+    `configs/demo.yaml` fine-tunes two tiny bases (about 1M parameters) that
+    `src/tools/make_tiny_bases.py` built and pre-trained on one CPU core through a curriculum of
+    questions about rendered scenes: `generic` (what colour is the circle, how many stars, what is
+    the background, ...), `presence` (is there anything red, is there a red circle), then
+    `checklist` (the scoring questions themselves, about scenes a generic simulated generator drew,
+    answered from each scene's truth, never from the demo's annotators). Each base's `card.json`
+    records held-out scores after every phase: accuracy on generic questions, and on scoring
+    questions the AUC of the element answers per element kind and the SRCC of the total answers.
+    '''),
+    code('''
+    import json
+
+    rows = []
+    for m in cfg.models:
+        card_path = cfg.path(m.path) / "card.json"
+        if not card_path.is_file():
+            print(f"{m.name}: no card.json at {card_path} (not a tiny base)")
+            continue
+        card = json.loads(card_path.read_text())
+        for stage in [{"phase": "random init", **card["pretrain"]["before"]}, *card["pretrain"]["after_phase"]]:
+            row = {"model": m.name, "phase": stage["phase"]}
+            row.update({f"acc {k}": stage["generic"][k] for k in ("color", "color_shape", "background")})
+            row.update({f"AUC {k}": v["auc"] for k, v in stage["scoring"].items() if k != "total"})
+            row["total SRCC"] = stage["scoring"]["total"]["srcc"]
+            rows.append(row)
+    pd.DataFrame(rows).set_index(["model", "phase"]).round(3) if rows else None
+    '''),
+    md('''
     ## One training question as the model sees it
 
     The question table (`tokenfocus.questions.build_questions`) has one row per image and
