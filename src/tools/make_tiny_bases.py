@@ -47,6 +47,8 @@ from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, for running as a script
 
 from tokenfocus import prompts  # noqa: E402
+from tokenfocus.data import split_element_key  # noqa: E402
+from tokenfocus.metrics import srcc  # noqa: E402
 from tokenfocus.demo import scene as demo_scene  # noqa: E402
 from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate  # noqa: E402
 from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
@@ -444,8 +446,8 @@ def pretrain_scenes(n: int, rng: np.random.Generator, seed) -> list[dict]:
         image, words = render_with_regions(drawn, [*np.atleast_1d(seed).tolist(), i])
         elements = []
         for e in prompt.elements:
-            key, clarity = e.key.rstrip(), float(e.clarity(drawn))
-            elements.append((key[: key.rindex("(")].strip(), e.category, int(clarity >= 0.5), e.kind, clarity))
+            clarity = float(e.clarity(drawn))
+            elements.append((split_element_key(e.key)[0], e.category, int(clarity >= 0.5), e.kind, clarity))
         out.append({"image": image, "words": words, "prompt": prompt.text, "elements": elements, "drawn": drawn})
     return out
 
@@ -465,13 +467,11 @@ def random_info(rng: np.random.Generator) -> dict:
 
 
 def _auc(scores, labels) -> float | None:
-    """Area under the ROC curve (Mann-Whitney), None when one class is missing."""
-    s, y = np.asarray(scores, float), np.asarray(labels, int)
-    pos, neg = s[y == 1], s[y == 0]
-    if not len(pos) or not len(neg):
-        return None
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return round(float(wins / (len(pos) * len(neg))), 4)
+    """Area under the ROC curve, None when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, int)
+    return round(float(roc_auc_score(y, scores)), 4) if len(np.unique(y)) == 2 else None
 
 
 @torch.no_grad()
@@ -479,8 +479,6 @@ def evaluate_scoring(adapter, scenes, seed) -> dict:
     """Held-out scoring-format questions: per element kind the AUC of logit('1') - logit('0') and
     the accuracy of the argmax next to the majority rate; for the total, the Spearman correlation
     of the expected label with the generic total."""
-    from scipy.stats import spearmanr
-
     rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 9])
     rows = []
     for sc in scenes:
@@ -506,7 +504,7 @@ def evaluate_scoring(adapter, scenes, seed) -> dict:
     for key, pairs in sorted(scores.items()):
         x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         if key == "total":
-            out[key] = {"srcc": round(float(spearmanr(x, y)[0]), 4), "n": len(y)}
+            out[key] = {"srcc": round(srcc(y, x), 4), "n": len(y)}
         else:
             out[key] = {"accuracy": round(float(((x > 0) == y).mean()), 4),
                         "majority": round(float(max(y.mean(), 1 - y.mean())), 4), "auc": _auc(x, y), "n": len(y)}
