@@ -2,13 +2,14 @@
 """Stage 03: LoRA fine-tuning with the token-focus loss, one adapter per (model, task, fold)
 -> output/<exp>/models/<model>/<task>/fold<k>/. Runs every model x task x fold of the config by
 default; finished folds are skipped, and an interrupted fold resumes from its last checkpoint.
-Several GPUs: accelerate launch src/03_train.py --config ...
+On a CPU, folds train side by side (--jobs, default one per core). Several GPUs:
+accelerate launch src/03_train.py --config ...
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import run_stage, stage_parser  # noqa: E402
+from tokenfocus.cli import add_jobs_option, run_stage, stage_parser  # noqa: E402
 from tokenfocus.train import run_training  # noqa: E402
 
 if __name__ == "__main__":
@@ -16,5 +17,6 @@ if __name__ == "__main__":
     p.add_argument("--model", help="only this model (a name from the config's models)")
     p.add_argument("--task", help="only this task group: 'mixed', or 'total' / 'element' when trained separately")
     p.add_argument("--fold", type=int, help="only this fold")
+    add_jobs_option(p)
     a = p.parse_args()
-    sys.exit(run_stage(run_training, a, model=a.model, task=a.task, fold=a.fold))
+    sys.exit(run_stage(run_training, a, model=a.model, task=a.task, fold=a.fold, jobs=a.jobs))

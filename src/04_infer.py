@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Stage 04: out-of-fold and test prediction dumps -> output/<exp>/preds/<model>/<task>/{oof,test}_fold<k>.parquet."""
+"""Stage 04: out-of-fold and test prediction dumps -> output/<exp>/preds/<model>/<task>/{oof,test}_fold<k>.parquet.
+On a CPU, folds are scored side by side (--jobs, default one per core)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import stage_main  # noqa: E402
+from tokenfocus.cli import add_jobs_option, run_stage, stage_parser  # noqa: E402
 from tokenfocus.stages import run_inference  # noqa: E402
 
 if __name__ == "__main__":
-    stage_main(__doc__, run_inference)
+    p = stage_parser(__doc__)
+    add_jobs_option(p)
+    a = p.parse_args()
+    sys.exit(run_stage(run_inference, a, jobs=a.jobs))

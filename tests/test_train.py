@@ -164,3 +164,27 @@ def test_merged_adapter_scores_like_unmerged(cfg):
     with torch.no_grad():
         untuned = answer_label_logits(bare.model, inputs, ids)
     assert (untuned - logits[True]).abs().max() > 1e-3
+
+
+def test_folds_side_by_side_match_one_by_one(cfg):
+    """Stage 03 with jobs=2 trains two folds in two worker processes: the same adapters as
+    training each fold here, and the same per-fold table."""
+    from tokenfocus.train import run_training
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU folds train one after another")
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+    mcfg = cfg.model("qwen_nodrop")
+    here = {}
+    for k in (2, 3):
+        tr, ev = fold_questions(cfg, train, folds, k, ("total", "element"), mcfg.training_config(cfg.training))
+        here[k] = _weights(train_fold(cfg, mcfg, "mixed", k, tr, ev, force=True))
+    for k in (2, 3):
+        (model_dir(cfg, "qwen_nodrop", "mixed", k) / "train_done.json").unlink()
+    table = run_training(cfg, model="qwen_nodrop", jobs=2)
+    assert sorted(table["fold"]) == [0, 1, 2, 3, 4] and table["final"].notna().all()
+    for k in (2, 3):
+        side = _weights(model_dir(cfg, "qwen_nodrop", "mixed", k))
+        assert json.loads((model_dir(cfg, "qwen_nodrop", "mixed", k) / "train_done.json").read_text())["fold"] == k
+        for name in here[k]:
+            torch.testing.assert_close(side[name], here[k][name], atol=1e-4, rtol=1e-3)

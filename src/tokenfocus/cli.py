@@ -22,6 +22,23 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_jobs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=_jobs, default=None,
+                   help="folds run side by side on a CPU: a number or 'auto' (default: the config's 'jobs')")
+
+
+def _jobs(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return value
+
+
 def run_stage(fn: Callable, args: argparse.Namespace, **kwargs) -> int:
     setup_logging(args.verbose)
     try:

@@ -10,12 +10,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
 from .demo.build import DemoSpec
 from .ensemble import EnsembleSettings
+from .parallel import check_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -115,6 +116,9 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     zeroshot: bool = True               # score every untuned base as a baseline
+    # Folds trained / scored side by side on a CPU (stages 03, 04): 'auto' = one per core.
+    # With a GPU they run one after another (several GPUs: accelerate launch).
+    jobs: Union[int, str] = "auto"
     ablation: Optional[AblationConfig] = None
     source: str = ""
 
@@ -274,6 +278,10 @@ def load_config(path: str | Path | None = None) -> Config:
     data.pop("source", None)
     cfg = build(Config, data, str(path))
     cfg.source = str(path)
+    try:
+        check_jobs(cfg.jobs, f"{path}: jobs")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check_models(cfg)
     return cfg
 

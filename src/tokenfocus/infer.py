@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .parallel import in_worker
 from .questions import ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL
 
 log = logging.getLogger("tokenfocus")
@@ -66,7 +67,7 @@ def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, 
     probs: list[np.ndarray] = []
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress, leave=False)
+    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress or in_worker(), leave=False)
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         batch = collator(chunk)
@@ -132,7 +133,7 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
     paths = list(by_image)
     probs: list[np.ndarray | None] = [None] * len(rows)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress, leave=False)
+    bar = tqdm(total=len(rows), desc=desc, unit="q", disable=not progress or in_worker(), leave=False)
     done = 0
     for s in range(0, len(paths), prefix_batch):
         group = paths[s:s + prefix_batch]
@@ -159,6 +160,17 @@ def _dumps_done(preds_dir: Path, model: str, tasks, fold: int) -> bool:
     return all(dump_path(preds_dir, model, t, s, fold).is_file() for t in tasks for s in ("oof", "test"))
 
 
+def model_dumps_done(cfg, name: str, mcfg, fold: int | None = None) -> bool:
+    """Whether dump ``name`` (a fine-tuned model, or a zero-shot base) has every dump of ``fold``
+    (default: of every fold it is scored on)."""
+    from .train import model_folds
+
+    tasks = (TOTAL, ELEMENT)
+    folds = [fold] if fold is not None else (range(cfg.folds.n_folds) if name.startswith("zeroshot_")
+                                             else model_folds(cfg, mcfg))
+    return all(_dumps_done(cfg.exp_dir / "preds", name, tasks, k) for k in folds)
+
+
 def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, pd.DataFrame],
                      expected: dict[str, pd.DataFrame]) -> None:
     """Split scored question tables by task and write one checked dump per (task, split)."""
@@ -174,8 +186,9 @@ def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, p
                        exp[exp["task"] == task], task)
 
 
-def infer_model(cfg, mcfg, force: bool = False) -> list[str]:
-    """OOF and test dumps of every fold of one fine-tuned model; returns what was written."""
+def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list[str]:
+    """OOF and test dumps of every fold (or only ``fold``) of one fine-tuned model; returns what
+    was written."""
     from .models import load_trained
     from .questions import build_questions
     from .stages import load_folds, load_split
@@ -190,7 +203,7 @@ def infer_model(cfg, mcfg, force: bool = False) -> list[str]:
     written = []
     for group, tasks in task_groups(tcfg.task_mode).items():
         for k in model_folds(cfg, mcfg):
-            if not force and _dumps_done(preds_dir, mcfg.name, tasks, k):
+            if (fold is not None and k != fold) or (not force and _dumps_done(preds_dir, mcfg.name, tasks, k)):
                 continue
             adir = model_dir(cfg, mcfg.name, group, k)
             if not is_trained(adir):
@@ -217,7 +230,7 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
     name = f"zeroshot_{mcfg.name}"
     preds_dir = cfg.exp_dir / "preds"
     folds = range(cfg.folds.n_folds)
-    if not force and all(_dumps_done(preds_dir, name, (TOTAL, ELEMENT), k) for k in folds):
+    if not force and model_dumps_done(cfg, name, mcfg):
         return []
     tcfg = mcfg.training_config(cfg.training)
     train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")

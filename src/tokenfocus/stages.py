@@ -168,20 +168,30 @@ def validate_dataset(cfg: Config, force: bool = False) -> dict:
     return {"records": counts, "images_ok": sum(counts.values())}
 
 
-def run_inference(cfg: Config, force: bool = False) -> pd.DataFrame:
+def run_inference(cfg: Config, force: bool = False, jobs: int | str | None = None) -> pd.DataFrame:
     """Stage 04: OOF and test dumps of the prior, every untuned base (zero-shot), every
     fine-tuned model and every ablation variant; oof_scores.csv, bagged test predictions and
-    ablation.csv beside them."""
-    from .infer import bag_test, infer_model, oof_scores, zeroshot_model
+    ablation.csv beside them. On a CPU, up to ``jobs`` (default: the config's) folds are scored
+    side by side (see ``tokenfocus.parallel``)."""
+    from .infer import bag_test, infer_model, model_dumps_done, oof_scores, zeroshot_model
     from .io import write_parquet
+    from .parallel import run_units
+    from .train import model_folds
 
     prior = run_prior_baseline(cfg, force=force)
     preds_dir = cfg.exp_dir / "preds"
-    if cfg.zeroshot:
-        for m in cfg.models:
-            zeroshot_model(cfg, m, force=force)
+    calls, names = [], []
+    # The zero-shot units (every record of one base) are the longest: they go first.
+    for m in cfg.models if cfg.zeroshot else []:
+        if force or not model_dumps_done(cfg, f"zeroshot_{m.name}", m):
+            calls.append((zeroshot_model, (cfg, m, force)))
+            names.append(f"zeroshot_{m.name}")
     for m in cfg.models + cfg.ablation_models():
-        infer_model(cfg, m, force=force)
+        for k in model_folds(cfg, m):
+            if force or not model_dumps_done(cfg, m.name, m, k):
+                calls.append((infer_model, (cfg, m, force, k)))
+                names.append(f"{m.name}/fold{k}")
+    run_units(calls, cfg.jobs if jobs is None else jobs, desc="score", names=names)
     full = ["prior"] + [m.name for m in cfg.models] + ([f"zeroshot_{m.name}" for m in cfg.models] if cfg.zeroshot else [])
     scores = oof_scores(preds_dir, full)
     write_csv(cfg.exp_dir / "oof_scores.csv", scores)

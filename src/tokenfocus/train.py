@@ -343,13 +343,15 @@ def fold_questions(cfg: Config, train: pd.DataFrame, folds: pd.DataFrame, fold: 
 
 
 def run_training(cfg: Config, force: bool = False, model: str | None = None, task: str | None = None,
-                 fold: int | None = None) -> pd.DataFrame:
-    """Stage 03: every (model, task, fold) of the config, or the one selected."""
+                 fold: int | None = None, jobs: int | str | None = None) -> pd.DataFrame:
+    """Stage 03: every (model, task, fold) of the config, or the one selected; on a CPU up to
+    ``jobs`` (default: the config's) folds train side by side (see ``tokenfocus.parallel``)."""
+    from .parallel import run_units
     from .stages import load_folds, load_split
 
     train, folds = load_split(cfg, "train"), load_folds(cfg)
     models = [cfg.model(model)] if model else cfg.models + cfg.ablation_models()
-    rows = []
+    units, names = [], []
     for mcfg in models:
         tcfg = mcfg.training_config(cfg.training)
         groups = task_groups(tcfg.task_mode)
@@ -361,11 +363,17 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
             for k in model_folds(cfg, mcfg):
                 if fold is not None and k != fold:
                     continue
-                tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
-                out = train_fold(cfg, mcfg, tname, k, tr, ev, force=force)
-                rows.append({"model": mcfg.name, "task": tname, "fold": k, **_last_metrics(out)})
-    table = pd.DataFrame(rows)
-    return table
+                if is_trained(model_dir(cfg, mcfg.name, tname, k)) and not force:
+                    log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", mcfg.name, tname, k)
+                else:
+                    tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
+                    units.append((train_fold, (cfg, mcfg, tname, k, tr, ev, force)))
+                    names.append(f"{mcfg.name}/{tname}/fold{k}")
+    run_units(units, cfg.jobs if jobs is None else jobs, desc="train", names=names)
+    rows = [{"model": m.name, "task": t, "fold": k, **_last_metrics(model_dir(cfg, m.name, t, k))}
+            for m in models for t in task_groups(m.training_config(cfg.training).task_mode)
+            if not task or t == task for k in model_folds(cfg, m) if fold is None or k == fold]
+    return pd.DataFrame(rows)
 
 
 def _last_metrics(out: Path) -> dict:

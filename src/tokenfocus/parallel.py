@@ -1,0 +1,127 @@
+"""Independent work units (one fold's training, one fold's scoring) run side by side on a CPU.
+
+A model of the demo's size keeps one core busy, not two: a training step of a tiny base takes
+about as long on two threads as on one, so two folds in two single-thread processes finish in
+about half the time of one after the other. ``jobs`` sets how many units run at once ('auto':
+one per available core, at most one per unit), each process with ``cores // jobs`` threads.
+With a GPU, or inside a multi-process ``accelerate launch``, units run one after another in
+this process: the device (or the launcher) is what is shared out there.
+
+A unit is a module-level function and its arguments, which must pickle; each unit writes its
+own outputs atomically, so a crash or kill loses at most the units in flight, and a re-run skips
+what finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from tqdm import tqdm
+
+log = logging.getLogger("tokenfocus")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_jobs(value, where: str = "jobs") -> None:
+    """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise ValueError(f"{where}: expected 'auto' or a positive integer, got {value!r}")
+
+
+def _shared_device() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_jobs(jobs, n_units: int) -> int:
+    """How many units to run at once: 1 with a GPU or under a multi-process launcher."""
+    check_jobs(jobs)
+    if n_units <= 1 or _shared_device():
+        return 1
+    wanted = available_cores() if jobs == "auto" else jobs
+    return max(1, min(wanted, n_units))
+
+
+_IN_WORKER = False
+
+
+def in_worker() -> bool:
+    """True inside a worker process of ``run_units``, whose progress the parent's bar shows."""
+    return _IN_WORKER
+
+
+def _init_worker(threads: int, level: int) -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_units(calls: Sequence[tuple[Callable, tuple]], jobs, desc: str, names: Sequence[str] | None = None) -> list:
+    """``[fn(*args) for fn, args in calls]``, up to ``jobs`` calls at once in worker processes.
+
+    Results come back in the order of ``calls``; put the longest calls first. The first call
+    that raises stops the rest (calls not yet started are cancelled, running ones finish) and
+    its exception is re-raised here.
+    """
+    n = resolve_jobs(jobs, len(calls))
+    if n == 1:
+        return [fn(*args) for fn, args in calls]
+    threads = max(1, available_cores() // n)
+    names = list(names) if names is not None else [str(i) for i in range(len(calls))]
+    log.info("%s: %d units, %d at a time (%d thread%s each)", desc, len(calls), n, threads, "s" * (threads > 1))
+    ctx = multiprocessing.get_context("spawn")
+    results: list = [None] * len(calls)
+    # Inner progress bars (Trainer, scoring) of side-by-side units would interleave on one
+    # terminal; the parent shows one bar over the units instead. tqdm reads TQDM_* when it is
+    # imported, which in a spawned worker happens before any initializer runs: so the workers
+    # inherit the setting from this process's environment while the pool lives.
+    with _environ(TQDM_DISABLE="1"), ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
+        pending = set(futures)
+        with tqdm(total=len(calls), desc=desc, unit="unit") as bar:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i = futures[f]
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        log.error("%s: %s failed", desc, names[i])
+                        raise f.exception()
+                    results[i] = f.result()
+                    bar.update(1)
+                    bar.set_postfix_str(f"done {names[i]}")
+    return results
