@@ -64,3 +64,16 @@ def test_config_jobs_validated(tmp_path):
     ok.write_text(text + "\njobs: 2\n", encoding="utf-8")
     assert load_config(ok).jobs == 2
     assert load_config().jobs == "auto"
+
+
+def test_failing_unit_ends_the_running_ones(monkeypatch):
+    """The pool is terminated at the first failure: a unit still running (here a 120 s sleep)
+    is not waited for. The bound is a liveness check with a wide margin, not a speed target."""
+    import time
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="invalid literal"):
+        parallel.run_units([(time.sleep, (120,)), (int, ("seven",)), (time.sleep, (120,))], 2, desc="test")
+    assert time.monotonic() - t0 < 60

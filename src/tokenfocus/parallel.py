@@ -17,8 +17,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
@@ -65,13 +67,23 @@ def in_worker() -> bool:
     return _IN_WORKER
 
 
-def _init_worker(threads: int, level: int) -> None:
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    # A parent killed outright (SIGKILL, SIGTERM) cannot stop its pool: the workers would go on
+    # with their units, orphaned. They check once a second and leave with it.
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(threads: int, level: int, parent: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -92,8 +104,8 @@ def run_units(calls: Sequence[tuple[Callable, tuple]], jobs, desc: str, names: S
     """``[fn(*args) for fn, args in calls]``, up to ``jobs`` calls at once in worker processes.
 
     Results come back in the order of ``calls``; put the longest calls first. The first call
-    that raises stops the rest (calls not yet started are cancelled, running ones finish) and
-    its exception is re-raised here.
+    that raises, or a Ctrl-C, ends the pool at once (the workers are terminated; the units they
+    were running resume from their last checkpoint next time) and the exception is re-raised.
     """
     n = resolve_jobs(jobs, len(calls))
     if n == 1:
@@ -102,26 +114,32 @@ def run_units(calls: Sequence[tuple[Callable, tuple]], jobs, desc: str, names: S
     names = list(names) if names is not None else [str(i) for i in range(len(calls))]
     log.info("%s: %d units, %d at a time (%d thread%s each)", desc, len(calls), n, threads, "s" * (threads > 1))
     ctx = multiprocessing.get_context("spawn")
-    results: list = [None] * len(calls)
     # Inner progress bars (Trainer, scoring) of side-by-side units would interleave on one
     # terminal; the parent shows one bar over the units instead. tqdm reads TQDM_* when it is
     # imported, which in a spawned worker happens before any initializer runs: so the workers
-    # inherit the setting from this process's environment while the pool lives.
-    with _environ(TQDM_DISABLE="1"), ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
-        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
-        pending = set(futures)
+    # inherit the setting from this process's environment as they start.
+    with _environ(TQDM_DISABLE="1"):
+        pool = ctx.Pool(n, initializer=_init_worker,
+                        initargs=(threads, logging.getLogger().getEffectiveLevel(), os.getpid()))
+    finished: queue.Queue = queue.Queue()
+    results: list = [None] * len(calls)
+    try:
+        for i, (fn, args) in enumerate(calls):
+            pool.apply_async(fn, args, callback=lambda r, i=i: finished.put((i, r, None)),
+                             error_callback=lambda e, i=i: finished.put((i, None, e)))
         with tqdm(total=len(calls), desc=desc, unit="unit") as bar:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    i = futures[f]
-                    if f.exception() is not None:
-                        for p in pending:
-                            p.cancel()
-                        log.error("%s: %s failed", desc, names[i])
-                        raise f.exception()
-                    results[i] = f.result()
-                    bar.update(1)
-                    bar.set_postfix_str(f"done {names[i]}")
+            for _ in range(len(calls)):
+                i, result, error = finished.get()
+                if error is not None:
+                    log.error("%s: %s failed", desc, names[i])
+                    raise error
+                results[i] = result
+                bar.update(1)
+                bar.set_postfix_str(f"done {names[i]}")
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
     return results

@@ -181,6 +181,15 @@ def vision_modules(adapter) -> list[str]:
     return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
 
 
+def _checkpointing_args(on: bool) -> dict:
+    """The TrainingArguments field for activation checkpointing under its current name
+    (transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` in 5.x)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
 def prepare_model(adapter, tcfg: TrainingConfig):
     """LoRA on the language model; the vision tower and projector fully trained when asked."""
     from peft import LoraConfig, get_peft_model
@@ -268,7 +277,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
         seed=tcfg.seed,
         data_seed=tcfg.seed,
         bf16=_auto(tcfg.bf16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=_auto(tcfg.gradient_checkpointing),
+        **_checkpointing_args(_auto(tcfg.gradient_checkpointing)),
         save_strategy="steps",
         save_steps=tcfg.save_steps,
         save_total_limit=1,
