@@ -2,8 +2,8 @@
 """Stage 03: LoRA fine-tuning with the token-focus loss, one adapter per (model, task, fold)
 -> output/<exp>/models/<model>/<task>/fold<k>/. Runs every model x task x fold of the config by
 default; finished folds are skipped, and an interrupted fold resumes from its last checkpoint.
-On a CPU, folds train side by side (--jobs, default one per core). Several GPUs:
-accelerate launch src/03_train.py --config ...
+On a CPU, folds can train side by side (--jobs, or jobs in the config; the demo: one per core).
+Several GPUs: accelerate launch src/03_train.py --config ...
 """
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Stage 04: out-of-fold and test prediction dumps -> output/<exp>/preds/<model>/<task>/{oof,test}_fold<k>.parquet.
-On a CPU, folds are scored side by side (--jobs, default one per core)."""
+On a CPU, folds can be scored side by side (--jobs, or jobs in the config; the demo: one per core)."""
 import sys
 from pathlib import Path
 

@@ -63,7 +63,10 @@ def test_config_jobs_validated(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(text + "\njobs: 2\n", encoding="utf-8")
     assert load_config(ok).jobs == 2
-    assert load_config().jobs == "auto"
+    assert load_config().jobs == "auto"                  # the demo's setting
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\n", encoding="utf-8")
+    assert load_config(plain).jobs == 1                  # the default: one fold at a time
 
 
 def test_failing_unit_ends_the_running_ones(monkeypatch):

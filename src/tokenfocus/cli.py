@@ -24,7 +24,7 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
 
 def add_jobs_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_jobs, default=None,
-                   help="folds run side by side on a CPU: a number or 'auto' (default: the config's 'jobs')")
+                   help="folds run side by side on a CPU: a number or 'auto' (default: the config's 'jobs', itself 1 unless set)")
 
 
 def _jobs(text: str):

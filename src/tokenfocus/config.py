@@ -116,9 +116,11 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     zeroshot: bool = True               # score every untuned base as a baseline
-    # Folds trained / scored side by side on a CPU (stages 03, 04): 'auto' = one per core.
-    # With a GPU they run one after another (several GPUs: accelerate launch).
-    jobs: Union[int, str] = "auto"
+    # Folds trained / scored side by side on a CPU (stages 03, 04): a number, or 'auto' = one per
+    # core (the demo's setting: tiny models leave cores idle). Default 1: a real LVLM on a CPU
+    # uses every core on its own and would be loaded once per process. With a GPU, or under
+    # accelerate launch, folds run one after another whatever this says.
+    jobs: Union[int, str] = 1
     ablation: Optional[AblationConfig] = None
     source: str = ""
 

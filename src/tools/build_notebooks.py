@@ -341,9 +341,9 @@ TRAIN = [
     epoch. **Writes:** `output/demo/models/<model>/<task>/fold<k>/` (the adapter as safetensors,
     `metrics.jsonl` with the per-epoch held-out SRCC/PLCC/ACC/Final, `train_done.json`), renamed
     into place only when the fold finished; an interrupted run resumes from the last checkpoint in
-    `.work_fold<k>/`. Hugging Face `Trainer` runs the loop, `peft` the LoRA. On a CPU, folds train
-    side by side, one single-thread process per core (`jobs` in the config, `--jobs` on the
-    command line; `tokenfocus.parallel`): a tiny base keeps one core busy, not two.
+    `.work_fold<k>/`. Hugging Face `Trainer` runs the loop, `peft` the LoRA. On a CPU, the demo
+    trains folds side by side, one single-thread process per core (`jobs: auto` in the config,
+    `--jobs` on the command line; `tokenfocus.parallel`): a tiny base keeps one core busy, not two.
 
     ## The token-focus loss
 
@@ -693,8 +693,8 @@ INFER = [
     its held-out fold (the **out-of-fold**, OOF, predictions: every training image is predicted
     once, by the one model that did not see it) and the whole test set. Beside the fine-tuned
     models: the prompt-only **prior** baseline and every untuned base **zero-shot**
-    (P(Yes) / (P(Yes) + P(No)) per element, the expected level for the total). On a CPU, folds
-    are scored side by side like stage 03 trains them (`jobs`).
+    (P(Yes) / (P(Yes) + P(No)) per element, the expected level for the total). With `jobs`, folds
+    are scored side by side like stage 03 trains them.
 
     **Writes:** `output/demo/preds/<model>/<task>/{oof,test}_fold<k>.parquet`, the dumps that stage
     05 reads, one row per question:
