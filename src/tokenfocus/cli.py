@@ -8,6 +8,7 @@ from typing import Callable
 
 from .config import ConfigError, load_config
 from .data import DataError
+from .parallel import check_jobs
 from .stages import setup_logging
 
 # Errors a user can fix: print the message, not a traceback.
@@ -28,14 +29,11 @@ def add_jobs_option(p: argparse.ArgumentParser) -> None:
 
 
 def _jobs(text: str):
-    if text == "auto":
-        return text
+    value = int(text) if text.lstrip("-").isdigit() else text
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+        check_jobs(value, "")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 

@@ -160,15 +160,10 @@ def _dumps_done(preds_dir: Path, model: str, tasks, fold: int) -> bool:
     return all(dump_path(preds_dir, model, t, s, fold).is_file() for t in tasks for s in ("oof", "test"))
 
 
-def model_dumps_done(cfg, name: str, mcfg, fold: int | None = None) -> bool:
-    """Whether dump ``name`` (a fine-tuned model, or a zero-shot base) has every dump of ``fold``
-    (default: of every fold it is scored on)."""
-    from .train import model_folds
-
-    tasks = (TOTAL, ELEMENT)
-    folds = [fold] if fold is not None else (range(cfg.folds.n_folds) if name.startswith("zeroshot_")
-                                             else model_folds(cfg, mcfg))
-    return all(_dumps_done(cfg.exp_dir / "preds", name, tasks, k) for k in folds)
+def model_dumps_done(cfg, name: str, folds) -> bool:
+    """Whether dump ``name`` (a fine-tuned model, or a zero-shot base) has both tasks' OOF and
+    test dumps for every fold in ``folds``."""
+    return all(_dumps_done(cfg.exp_dir / "preds", name, (TOTAL, ELEMENT), k) for k in folds)
 
 
 def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, pd.DataFrame],
@@ -230,7 +225,7 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
     name = f"zeroshot_{mcfg.name}"
     preds_dir = cfg.exp_dir / "preds"
     folds = range(cfg.folds.n_folds)
-    if not force and model_dumps_done(cfg, name, mcfg):
+    if not force and model_dumps_done(cfg, name, folds):
         return []
     tcfg = mcfg.training_config(cfg.training)
     train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")

@@ -39,7 +39,7 @@ def check_jobs(value, where: str = "jobs") -> None:
     """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return
-    raise ValueError(f"{where}: expected 'auto' or a positive integer, got {value!r}")
+    raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
 
 
 def _shared_device() -> bool:

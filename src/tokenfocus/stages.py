@@ -183,12 +183,12 @@ def run_inference(cfg: Config, force: bool = False, jobs: int | str | None = Non
     calls, names = [], []
     # The zero-shot units (every record of one base) are the longest: they go first.
     for m in cfg.models if cfg.zeroshot else []:
-        if force or not model_dumps_done(cfg, f"zeroshot_{m.name}", m):
+        if force or not model_dumps_done(cfg, f"zeroshot_{m.name}", range(cfg.folds.n_folds)):
             calls.append((zeroshot_model, (cfg, m, force)))
             names.append(f"zeroshot_{m.name}")
     for m in cfg.models + cfg.ablation_models():
         for k in model_folds(cfg, m):
-            if force or not model_dumps_done(cfg, m.name, m, k):
+            if force or not model_dumps_done(cfg, m.name, [k]):
                 calls.append((infer_model, (cfg, m, force, k)))
                 names.append(f"{m.name}/fold{k}")
     run_units(calls, cfg.jobs if jobs is None else jobs, desc="score", names=names)

@@ -48,6 +48,14 @@ def is_trained(path: Path) -> bool:
     return (path / "train_done.json").is_file()
 
 
+def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool) -> bool:
+    """True (and logged) when this fold's adapter is published and ``force`` is not set."""
+    if force or not is_trained(model_dir(cfg, model, task, fold)):
+        return False
+    log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", model, task, fold)
+    return True
+
+
 class QuestionDataset(torch.utils.data.Dataset):
     """Questions with their targets; images are read when the collator needs them."""
 
@@ -241,8 +249,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     from .models import load_model_adapter
 
     out = model_dir(cfg, mcfg.name, task, fold)
-    if is_trained(out) and not force:
-        log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", mcfg.name, task, fold)
+    if skip_trained(cfg, mcfg.name, task, fold, force):
         return out
     tcfg = mcfg.training_config(cfg.training)
     work = out.parent / f".work_fold{fold}"
@@ -360,7 +367,7 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
 
     train, folds = load_split(cfg, "train"), load_folds(cfg)
     models = [cfg.model(model)] if model else cfg.models + cfg.ablation_models()
-    units, names = [], []
+    units, names, selected = [], [], []
     for mcfg in models:
         tcfg = mcfg.training_config(cfg.training)
         groups = task_groups(tcfg.task_mode)
@@ -372,17 +379,14 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
             for k in model_folds(cfg, mcfg):
                 if fold is not None and k != fold:
                     continue
-                if is_trained(model_dir(cfg, mcfg.name, tname, k)) and not force:
-                    log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", mcfg.name, tname, k)
-                else:
+                selected.append((mcfg.name, tname, k))
+                if not skip_trained(cfg, mcfg.name, tname, k, force):
                     tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
                     units.append((train_fold, (cfg, mcfg, tname, k, tr, ev, force)))
                     names.append(f"{mcfg.name}/{tname}/fold{k}")
     run_units(units, cfg.jobs if jobs is None else jobs, desc="train", names=names)
-    rows = [{"model": m.name, "task": t, "fold": k, **_last_metrics(model_dir(cfg, m.name, t, k))}
-            for m in models for t in task_groups(m.training_config(cfg.training).task_mode)
-            if not task or t == task for k in model_folds(cfg, m) if fold is None or k == fold]
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"model": m, "task": t, "fold": k, **_last_metrics(model_dir(cfg, m, t, k))}
+                         for m, t, k in selected])
 
 
 def _last_metrics(out: Path) -> dict:
