@@ -11,7 +11,7 @@ from PIL import Image
 
 from tokenfocus.data import load_records
 from tokenfocus.demo import build
-from tokenfocus.demo.annotators import annotate, expected_labels, make_pool
+from tokenfocus.demo.annotators import annotate, expected_labels, make_pool, truth_labels, truth_total
 from tokenfocus.demo.build import DemoSpec, make_demo_dataset
 from tokenfocus.demo.generators import GENERATOR_NAMES, GENERATORS, generate
 from tokenfocus.demo.render import render_scene
@@ -129,6 +129,28 @@ def test_noise_ceiling_is_well_above_the_prior(tiny):
     assert summary["noise_ceiling"]["final"] - summary["prior"]["final"] >= 0.15
     assert 0.8 < summary["noise_ceiling"]["acc"] <= 1.0
     assert set(summary["perfect_vision_acc_by_kind"]) >= {"object", "color", "count"}
+
+
+def test_scene_truth_sits_between_the_prior_and_the_ceiling(tiny):
+    _, summary = tiny
+    truth, prior, ceiling = summary["scene_truth"], summary["prior"], summary["noise_ceiling"]
+    assert set(truth) == {"srcc", "plcc", "acc", "final"}
+    # The truth alone sees the image perfectly: far above the prompt-only prior, and no closer to
+    # the annotators than a predictor that also knows how they vote.
+    assert truth["final"] - prior["final"] >= 0.15
+    assert truth["acc"] <= ceiling["acc"] + 0.02
+    assert "scene truth (no annotators)" in build.format_summary({**summary, "out_dir": "x", "skipped": True})
+
+
+def test_a_dataset_of_an_older_format_is_rebuilt(tiny, tmp_path):
+    out = tmp_path / "d"
+    make_demo_dataset(out, TINY)
+    stored = _load(out, "noise_ceiling.json")
+    assert stored["format"] == build.FORMAT
+    (out / "noise_ceiling.json").write_text(json.dumps({**stored, "format": build.FORMAT - 1}), encoding="utf-8")
+    assert not build.is_complete(out, TINY)
+    assert not make_demo_dataset(out, TINY)["skipped"]
+    assert _tree_digest(out) == _tree_digest(tiny[0])
 
 
 def test_rerun_skips_and_force_rebuilds(tiny, tmp_path):
@@ -300,6 +322,21 @@ def test_generate_leaves_the_intended_scene_alone():
     assert repr(scene) == before
     with pytest.raises(KeyError, match="unknown generator"):
         generate(scene, "Imagen-9", rng)
+
+
+def test_truth_labels_follow_clarity_and_weigh_objects_double():
+    rng = np.random.default_rng(4)
+    intended = _two_groups()
+    prompt = write_prompt(intended, rng)
+    total, elements = truth_labels(prompt, intended)
+    assert total == pytest.approx(5.0) and set(elements.values()) == {1.0}
+    bad = intended.copy()
+    bad.objects = [SceneObject("star", "green", 4)]
+    bad.background = "forest"
+    total_bad, elements_bad = truth_labels(prompt, bad)
+    assert total_bad < 2.0 and sum(elements_bad.values()) < len(elements_bad) / 2
+    assert truth_total(["object", "color"], [1.0, 0.0]) == pytest.approx(1 + 4 * 2 / 3)
+    assert truth_total(["count", "color"], [1.0, 0.0]) == pytest.approx(3.0)
 
 
 def test_annotators_agree_more_on_clear_images():

@@ -50,6 +50,7 @@ from tokenfocus import prompts  # noqa: E402
 from tokenfocus.data import split_element_key  # noqa: E402
 from tokenfocus.metrics import srcc  # noqa: E402
 from tokenfocus.demo import scene as demo_scene  # noqa: E402
+from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total  # noqa: E402
 from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate  # noqa: E402
 from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
 from tokenfocus.lvlm import load_adapter  # noqa: E402
@@ -414,8 +415,6 @@ CHECK_GENERATOR = Generator("pretrain-generic", drop_object=0.2, shape_swap=0.1,
                             texture_error=0.25, background_error=0.3, style_error=0.3, partial=0.03,
                             distortion=0.03, extra_object=0.1)
 ELEMENT_KINDS = demo_scene.KINDS
-# Objects weigh double in the generic total, as people weigh them.
-KIND_WEIGHT = {"object": 2.0}
 
 # The curriculum: (name, steps, question mix). Tasks are QUESTION_TYPES, "element:<kind>" (the
 # scoring question about one element of that kind, labels balanced) and "total" (the scoring
@@ -447,15 +446,15 @@ def pretrain_scenes(n: int, rng: np.random.Generator, seed) -> list[dict]:
         elements = []
         for e in prompt.elements:
             clarity = float(e.clarity(drawn))
-            elements.append((split_element_key(e.key)[0], e.category, int(clarity >= 0.5), e.kind, clarity))
+            shown = int(clarity >= TRUTH_THRESHOLD)
+            elements.append((split_element_key(e.key)[0], e.category, shown, e.kind, clarity))
         out.append({"image": image, "words": words, "prompt": prompt.text, "elements": elements, "drawn": drawn})
     return out
 
 
 def generic_total(elements) -> float:
-    """The overall score a scene earns on a 1-5 scale: 1 + 4 x the weighted mean clarity."""
-    w = np.array([KIND_WEIGHT.get(e[3], 1.0) for e in elements])
-    return float(1 + 4 * (w @ np.array([e[4] for e in elements])) / w.sum())
+    """The overall score a scene earns on a 1-5 scale (``annotators.truth_total``)."""
+    return truth_total([e[3] for e in elements], [e[4] for e in elements])
 
 
 def random_info(rng: np.random.Generator) -> dict:

@@ -6,7 +6,9 @@ reliably people judge that kind of claim (counting and size are harder than obje
 bias is the annotator's leniency plus a per-kind quirk. The overall 1-5 score follows the share
 of elements the annotator saw satisfied (objects weigh double), their own offset and noise, and a
 penalty for malformed shapes. The same simulation, repeated, gives the expected labels a
-perfect-vision predictor would output (the demo's noise ceiling).
+perfect-vision predictor would output (the demo's noise ceiling). ``truth_labels`` gives what
+the scene's truth alone says, with no annotator in it: the answers the tiny bases are pre-trained
+on (``src/tools/make_tiny_bases.py``).
 """
 from __future__ import annotations
 
@@ -114,6 +116,25 @@ def annotate(prompt: Prompt, rendered: Scene, pool: AnnotatorPool, n_annotators:
         attribute_confidence=[int(x) for x in attr_sure],
         fidelity_label=[FIDELITY_LABELS[i] for i in fid],
     )
+
+
+TRUTH_THRESHOLD = 0.5   # an element counts as shown from this clarity on
+
+
+def truth_total(kinds, clarity) -> float:
+    """The overall score a scene earns from its truth on a 1-5 scale: 1 + 4 x the weighted mean
+    clarity of its elements (objects weigh double, as annotators weigh them)."""
+    w = np.array([WEIGHT.get(k, 1.0) for k in kinds])
+    return float(1 + 4 * (w @ np.asarray(clarity, dtype=float)) / w.sum())
+
+
+def truth_labels(prompt: Prompt, rendered: Scene) -> tuple[float, dict[str, float]]:
+    """Labels from the rendered scene's truth alone: ``truth_total`` and each element 1 where its
+    clarity is at least ``TRUTH_THRESHOLD``. No leniency, no noise, no penalty for malformed
+    shapes: how far this lands from the annotators shows what they add to the truth."""
+    clarity = [e.clarity(rendered) for e in prompt.elements]
+    elements = {e.key: float(c >= TRUTH_THRESHOLD) for e, c in zip(prompt.elements, clarity)}
+    return truth_total([e.kind for e in prompt.elements], clarity), elements
 
 
 def expected_labels(prompt: Prompt, rendered: Scene, pool: AnnotatorPool, rng: np.random.Generator,

@@ -2,8 +2,9 @@
 
 Layout of ``out_dir``: ``train_list.json`` (raw per-annotator labels), ``test.json`` (final-phase
 form), ``eval.json`` (the hidden test truth, averaged), ``images/`` and ``noise_ceiling.json``
-(the score of a predictor that knows each test image's true rendered scene, the prior baseline's
-score, and the spec that made the data). Everything follows from ``DemoSpec``: the same spec
+(the score of a predictor that knows each test image's true rendered scene, that of the scene's
+truth alone (what the tiny bases are pre-trained on), the prior baseline's score, and the spec
+and ``FORMAT`` that made the data). Everything follows from ``DemoSpec``: the same spec
 gives the same bytes.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .annotators import Annotation, annotate, expected_labels, make_pool
+from .annotators import Annotation, annotate, expected_labels, make_pool, truth_labels
 from .generators import GENERATORS, generate
 from .render import render_scene
 from .scene import KINDS, Prompt, Scene, sample_scene, write_prompt
@@ -28,6 +29,9 @@ EVAL_FILE = "eval.json"
 CEILING_FILE = "noise_ceiling.json"
 IMAGE_DIR = "images"
 META_FIELDS = ("promt_meaningless", "split_confidence", "attribute_confidence")
+# Raised whenever the simulation or the summary changes, so that a stored dataset made by an
+# earlier version is rebuilt instead of kept.
+FORMAT = 2
 
 
 @dataclass
@@ -201,6 +205,18 @@ def _ceiling(spec: DemoSpec, pairs: list[_Pair], pool, truth: list[dict]) -> tup
     return _metric_summary(metrics.score(truth, preds)), per_kind
 
 
+def _scene_truth(pairs: list[_Pair], truth: list[dict]) -> dict:
+    """Score of the scene's truth alone (``annotators.truth_labels``) against the annotators."""
+    from .. import metrics
+
+    preds = []
+    for p, t in zip(pairs, truth):
+        total, elements = truth_labels(p.prompt, p.rendered)
+        preds.append({"prompt": t["prompt"], "img_path": t["img_path"], "total_score": total,
+                      "element_score": elements})
+    return _metric_summary(metrics.score(truth, preds))
+
+
 def _prior(out: Path, truth: list[dict]) -> dict:
     """The prompt-only prior baseline (category positive rate; total from the element prior)."""
     from .. import metrics
@@ -242,6 +258,7 @@ def _build(spec: DemoSpec, out: Path) -> dict:
     _write_json(out / EVAL_FILE, truth)
 
     ceiling, per_kind = _ceiling(spec, test_pairs, pool, truth)
+    scene_truth = _scene_truth(test_pairs, truth)
     prior = _prior(out, truth)
     n_elements = sum(len(p.prompt.elements) for p in pairs)
     summary = {
@@ -256,17 +273,19 @@ def _build(spec: DemoSpec, out: Path) -> dict:
             "generators": [g.name for g in GENERATORS],
         },
         "noise_ceiling": ceiling,
+        "scene_truth": scene_truth,
         "prior": prior,
         "ceiling_minus_prior": ceiling["final"] - prior["final"],
         "perfect_vision_acc_by_kind": per_kind,
         "spec": asdict(spec),
+        "format": FORMAT,
     }
     _write_json(out / CEILING_FILE, summary)
     return summary
 
 
 def is_complete(out_dir: str | Path, spec: DemoSpec) -> bool:
-    """Whether ``out_dir`` already holds the dataset this spec makes."""
+    """Whether ``out_dir`` already holds the dataset this spec makes (with this ``FORMAT``)."""
     path = Path(out_dir) / CEILING_FILE
     if not path.is_file():
         return False
@@ -274,7 +293,7 @@ def is_complete(out_dir: str | Path, spec: DemoSpec) -> bool:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return False
-    return stored.get("spec") == asdict(spec) and all(
+    return stored.get("format") == FORMAT and stored.get("spec") == asdict(spec) and all(
         (Path(out_dir) / f).exists() for f in (TRAIN_FILE, TEST_FILE, EVAL_FILE, IMAGE_DIR))
 
 
@@ -316,16 +335,18 @@ def make_demo_dataset(out_dir: str | Path, spec: DemoSpec | None = None, force: 
 
 
 def format_summary(s: dict) -> str:
-    """The few lines a user wants after stage 00: sizes, noise ceiling, prior."""
-    c, nc, pr = s["counts"], s["noise_ceiling"], s["prior"]
+    """The few lines a user wants after stage 00: sizes, noise ceiling, scene truth, prior."""
+    c = s["counts"]
     state = "kept (already complete; --force to rebuild)" if s["skipped"] else f"built in {s['seconds']:.1f} s"
     lines = [f"demo dataset {s['out_dir']}: {state}",
              f"  train: {c['train_records']} images of {c['train_prompts']} prompts; "
              f"test: {c['test_records']} images of {c['test_prompts']} unseen prompts; "
              f"{len(c['generators'])} generators; {c['elements_per_record']:.2f} elements per image",
-             f"  {'':<26}{'SRCC':>7}{'PLCC':>7}{'ACC':>7}{'Final':>7}"]
-    for name, r in (("noise ceiling", nc), ("prior (prompt only)", pr)):
-        lines.append(f"  {name:<26}{r['srcc']:>7.4f}{r['plcc']:>7.4f}{r['acc']:>7.4f}{r['final']:>7.4f}")
+             f"  {'':<28}{'SRCC':>7}{'PLCC':>7}{'ACC':>7}{'Final':>7}"]
+    for name, key in (("noise ceiling", "noise_ceiling"), ("scene truth (no annotators)", "scene_truth"),
+                      ("prior (prompt only)", "prior")):
+        r = s[key]
+        lines.append(f"  {name:<28}{r['srcc']:>7.4f}{r['plcc']:>7.4f}{r['acc']:>7.4f}{r['final']:>7.4f}")
     per_kind = ", ".join(f"{k} {v['acc']:.3f}" for k, v in s["perfect_vision_acc_by_kind"].items())
     lines.append(f"  perfect-vision element accuracy: {per_kind}")
     return "\n".join(lines)
