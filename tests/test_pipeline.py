@@ -1,5 +1,7 @@
 """End to end on a tiny demo: every stage through the same functions the scripts call."""
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ import pytest
 
 from tokenfocus.config import load_config
 from tokenfocus import stages
+from tokenfocus.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +70,33 @@ def test_rerun_skips_finished_work(tiny_cfg, caplog):
         assert stages.run_eda(cfg) is None
     assert cfg.folds_path.stat().st_mtime_ns == before
     assert "skipping" in caplog.text
+
+
+def test_outputs_of_other_labels_are_refused(tiny_cfg, tmp_path):
+    """Kept folds (and so adapters and predictions) made from one training file are not joined to
+    another: the check names the experiment, the file and what to do."""
+    shutil.copytree(tiny_cfg.data_root, tmp_path / "data")
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(f"name: exp\noutput_root: {tmp_path / 'output'}\ndataset:\n  root: {tmp_path / 'data'}\n")
+    cfg = load_config(cfg_path)
+    stages.make_fold_file(cfg)
+    record = json.loads((cfg.exp_dir / "data.json").read_text())
+    assert record["sha256"] == hashlib.sha256(cfg.train_path.read_bytes()).hexdigest()
+    stages.make_fold_file(cfg)  # same file: the kept folds are used
+    records = json.loads(cfg.train_path.read_text())
+    records[0]["total_score"] = [1] * len(records[0]["total_score"])
+    cfg.train_path.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"made from another train_list\.json .*Remove .*exp"):
+        stages.make_fold_file(cfg)
+    with pytest.raises(DataError, match="made from another"):
+        stages.run_ensemble(cfg)
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "03_train.py"), "--config", str(cfg_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "made from another" in proc.stderr and "Traceback" not in proc.stderr
+    # Deleting the record is the explicit way to keep the outputs: the new file is recorded.
+    (cfg.exp_dir / "data.json").unlink()
+    stages.make_fold_file(cfg)
+    assert json.loads((cfg.exp_dir / "data.json").read_text())["sha256"] != record["sha256"]
 
 
 def test_stage_script_reports_bad_config(tmp_path):

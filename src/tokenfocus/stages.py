@@ -1,10 +1,13 @@
 """One function per pipeline stage; the numbered scripts in src/ are thin CLIs over these.
 
 Each stage reads only what earlier stages wrote, writes atomically, and skips work whose outputs
-already exist unless ``force`` is set.
+already exist unless ``force`` is set. Skipping is safe only while the labels are the ones those
+outputs were made from: the first stage to read the training file records its sha256 in
+``<exp_dir>/data.json``, and every later read compares (``check_training_data``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -43,8 +46,43 @@ def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: in
     return format_summary(make_demo_dataset(Path(out) if out else cfg.data_root, spec, force=force))
 
 
+DATA_RECORD = "data.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_training_data(cfg: Config) -> None:
+    """Refuse to go on when the experiment's outputs were made from another training file.
+
+    Folds, adapters and predictions are kept between runs; made from other labels, they would be
+    joined to the new ones without any error. The first call records the training file's sha256
+    in ``<exp_dir>/data.json``; later calls compare.
+    """
+    record_path = cfg.exp_dir / DATA_RECORD
+    digest = _sha256(cfg.train_path)
+    if record_path.is_file():
+        stored = read_json(record_path)
+        if stored.get("sha256") != digest:
+            raise DataError(
+                f"{cfg.exp_dir}: its outputs were made from another {cfg.train_path.name} (sha256 "
+                f"{str(stored.get('sha256'))[:12]} then, {digest[:12]} now: {cfg.train_path}); folds, "
+                f"adapters and predictions would not match the labels. Remove {cfg.exp_dir} (or rename "
+                f"the experiment) and run again; to keep them anyway, delete {record_path}")
+        return
+    write_json(record_path, {"train_file": str(cfg.train_path), "sha256": digest,
+                             "bytes": cfg.train_path.stat().st_size})
+
+
 def load_split(cfg: Config, split: str) -> pd.DataFrame:
     check_inputs(cfg)
+    if split == "train":
+        check_training_data(cfg)
     df, report = load_records(cfg.train_path if split == "train" else cfg.test_path, with_report=True)
     for line in report.lines():
         log.info(line)
@@ -228,6 +266,8 @@ def run_ensemble(cfg: Config, force: bool = False) -> str:
     """Stage 05: bagging, stacking and blending -> leaderboard.csv, submission.zip, plots."""
     from .ensemble import ensemble_stage, format_leaderboard
 
+    check_inputs(cfg)
+    check_training_data(cfg)
     lb = ensemble_stage(cfg, force=force)
     return "\n".join([format_leaderboard(lb), f"best method: {lb.attrs.get('best_method')}",
                       f"leaderboard: {cfg.exp_dir / 'leaderboard.csv'}", f"submission: {lb.attrs['submission']}"])
