@@ -808,6 +808,23 @@ INFER = [
         print("no zero-shot or fine-tuned dumps yet: stage 04 writes them after stage 03 has trained the folds")
     '''),
     md('''
+    How much a fine-tune can add depends on how far the base's own notion of a good match is from
+    the annotators'. The demo's bases were pre-trained on the scoring questions answered from each
+    scene's truth; stage 00 scores that truth alone on the test split (`scene_truth` in
+    `noise_ceiling.json`). Close to the noise ceiling, it leaves the fine-tune little to teach but
+    better vision.
+    '''),
+    code('''
+    ceiling_path = cfg.noise_ceiling_path
+    if ceiling_path is not None and ceiling_path.is_file():
+        stored = json.loads(ceiling_path.read_text())
+        refs = {name: stored[key] for name, key in (("noise ceiling", "noise_ceiling"),
+                ("scene truth (no annotators)", "scene_truth"), ("prior (prompt only)", "prior")) if key in stored}
+        display(pd.DataFrame(refs).T.rename(columns=str.upper))
+    else:
+        print("no noise_ceiling.json: real data has no known truth to compare with")
+    '''),
+    md('''
     ## Ablation
 
     The config's training variants (loss, structural information) of one model on the OOF
