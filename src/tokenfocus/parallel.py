@@ -81,8 +81,10 @@ def _init_worker(threads: int, level: int, parent: int) -> None:
     _IN_WORKER = True
     import torch
 
+    from .stages import setup_logging
+
     torch.set_num_threads(threads)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging(level=level)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 

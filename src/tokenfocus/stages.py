@@ -21,9 +21,11 @@ from .io import write_csv, write_json
 log = logging.getLogger("tokenfocus")
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+def setup_logging(verbose: bool = False, level: int | None = None) -> None:
+    """The stages' log format, at DEBUG when ``verbose``, else INFO, unless ``level`` is given."""
+    if level is None:
+        level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
 def _skip(outputs: list[Path], force: bool, stage: str) -> bool:

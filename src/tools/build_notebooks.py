@@ -815,11 +815,12 @@ INFER = [
     better vision.
     '''),
     code('''
+    from tokenfocus.demo.build import REFERENCES
+
     ceiling_path = cfg.noise_ceiling_path
     if ceiling_path is not None and ceiling_path.is_file():
         stored = json.loads(ceiling_path.read_text())
-        refs = {name: stored[key] for name, key in (("noise ceiling", "noise_ceiling"),
-                ("scene truth (no annotators)", "scene_truth"), ("prior (prompt only)", "prior")) if key in stored}
+        refs = {name: stored[key] for name, key in REFERENCES if key in stored}
         display(pd.DataFrame(refs).T.rename(columns=str.upper))
     else:
         print("no noise_ceiling.json: real data has no known truth to compare with")

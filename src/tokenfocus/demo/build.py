@@ -32,6 +32,9 @@ META_FIELDS = ("promt_meaningless", "split_confidence", "attribute_confidence")
 # Raised whenever the simulation or the summary changes, so that a stored dataset made by an
 # earlier version is rebuilt instead of kept.
 FORMAT = 2
+# The reference scores the summary holds, as (label, key), in the order they are shown.
+REFERENCES = (("noise ceiling", "noise_ceiling"), ("scene truth (no annotators)", "scene_truth"),
+              ("prior (prompt only)", "prior"))
 
 
 @dataclass
@@ -343,8 +346,7 @@ def format_summary(s: dict) -> str:
              f"test: {c['test_records']} images of {c['test_prompts']} unseen prompts; "
              f"{len(c['generators'])} generators; {c['elements_per_record']:.2f} elements per image",
              f"  {'':<28}{'SRCC':>7}{'PLCC':>7}{'ACC':>7}{'Final':>7}"]
-    for name, key in (("noise ceiling", "noise_ceiling"), ("scene truth (no annotators)", "scene_truth"),
-                      ("prior (prompt only)", "prior")):
+    for name, key in REFERENCES:
         r = s[key]
         lines.append(f"  {name:<28}{r['srcc']:>7.4f}{r['plcc']:>7.4f}{r['acc']:>7.4f}{r['final']:>7.4f}")
     per_kind = ", ".join(f"{k} {v['acc']:.3f}" for k, v in s["perfect_vision_acc_by_kind"].items())
