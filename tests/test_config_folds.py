@@ -13,6 +13,28 @@ def test_demo_config_loads():
     assert cfg.exp_dir.name == "demo"
 
 
+def test_second_seed_demo_overrides_its_base_config():
+    from tokenfocus.config import REPO_ROOT
+
+    seed2, demo = load_config(REPO_ROOT / "configs" / "demo_seed2.yaml"), load_config()
+    assert (seed2.name, seed2.dataset.root, seed2.demo.seed) == ("demo_seed2", "input/demo_seed2", 4321)
+    # Everything it does not set comes from demo.yaml, nested sections merged key by key.
+    assert seed2.training == demo.training and seed2.models == demo.models
+    assert seed2.dataset.train_file == demo.dataset.train_file and seed2.demo.n_train_prompts == demo.demo.n_train_prompts
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: a.yaml\nname: a\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
+        load_config(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="c.yaml: expected a mapping"):
+        load_config(tmp_path / "c.yaml")
+
+
 REAL_CONFIGS = ["qwen2_5_vl_7b", "internvl3_8b", "internvl3_38b", "evalmuse_paper"]
 
 

@@ -354,3 +354,82 @@ def test_annotators_agree_more_on_clear_images():
     exp_bad, el_bad = expected_labels(prompt, bad, pool, rng, 256)
     assert exp_good > 4.0 and exp_bad < 2.0
     assert min(el_good.values()) > 0.75 and max(el_bad.values()) < 0.25
+
+
+# --------------------------------------------------------------------------- how annotators depart from the truth
+
+def _element(prompt, kind):
+    return next(e for e in prompt.elements if e.kind == kind)
+
+
+def _prompt_for(scene, seed=0, tries=200):
+    """A prompt of ``scene`` that states every colour and the count (write_prompt draws them)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        p = write_prompt(scene, rng)
+        if {"color", "count"} <= {e.kind for e in p.elements}:
+            return p
+    raise AssertionError("no prompt with colour and count elements")
+
+
+def _votes(prompt, rendered, seed=1):
+    return expected_labels(prompt, rendered, make_pool(np.random.default_rng(seed)), np.random.default_rng(2), 512)
+
+
+def test_a_visible_defect_lowers_the_total_at_equal_element_truth():
+    intended = _two_groups()
+    prompt = _prompt_for(intended)
+    distorted = intended.copy()
+    for o in distorted.objects:
+        o.distorted = True
+    truth_clean, el_clean = truth_labels(prompt, intended)
+    truth_bad, el_bad = truth_labels(prompt, distorted)
+    assert el_clean == el_bad                       # every element still counts as shown
+    assert _votes(prompt, distorted)[0] < _votes(prompt, intended)[0] - 0.8
+
+
+def test_an_unrequested_object_and_clutter_lower_the_total():
+    intended = _two_groups()
+    prompt = _prompt_for(intended)
+    extra = intended.copy()
+    extra.objects.append(SceneObject("heart", "pink", 3))
+    assert truth_labels(prompt, extra)[1] == truth_labels(prompt, intended)[1]
+    assert _votes(prompt, extra)[0] < _votes(prompt, intended)[0] - 0.4
+
+
+def test_near_miss_colours_are_often_accepted():
+    intended = _two_groups(background="snow")   # orange would blend into the desert
+    prompt = _prompt_for(intended)
+    key = next(e.key for e in prompt.elements if e.kind == "color" and e.shape == "circle")
+    tinted = intended.copy()
+    tinted.objects[0].tint, tinted.objects[0].tint_amount = "orange", 0.6
+    assert truth_labels(prompt, tinted)[1][key] == 0.0      # the truth says: not red
+    assert _votes(prompt, tinted)[1][key] > 0.5             # most people still call it red
+
+
+def test_off_by_one_counts_of_three_or_four_pass_small_counts_do_not():
+    three = Scene("snow", [SceneObject("star", "red", 3)])
+    prompt3 = _prompt_for(three)
+    four = three.copy()
+    four.objects[0].count = 4
+    key3 = _element(prompt3, "count").key
+    assert truth_labels(prompt3, four)[1][key3] == 0.0 and _votes(prompt3, four)[1][key3] > 0.35
+    one = Scene("snow", [SceneObject("star", "red", 2)])
+    prompt2 = _prompt_for(one)
+    drawn = one.copy()
+    drawn.objects[0].count = 1
+    assert _votes(prompt2, drawn)[1][_element(prompt2, "count").key] < 0.2
+
+
+def test_small_and_low_contrast_objects_are_missed():
+    medium = Scene("snow", [SceneObject("triangle", "red", 1)])
+    prompt = _prompt_for(medium)
+    key = _element(prompt, "object").key
+    small = medium.copy()
+    small.objects[0].size = "small"
+    hidden = Scene("desert", [SceneObject("triangle", "yellow", 1)])
+    prompt_hidden = _prompt_for(hidden)
+    seen = _votes(prompt, medium)[1][key]
+    assert truth_labels(prompt, small)[1][key] == 1.0
+    assert _votes(prompt, small)[1][key] < seen - 0.15
+    assert _votes(prompt_hidden, hidden)[1][_element(prompt_hidden, "object").key] < seen - 0.15

@@ -23,19 +23,19 @@ def test_total_question_with_all_fields():
     assert 'Text prompt: "A red circle in the desert."' in q
     assert "generator SDXL-Turbo" in q and "prompt type real" in q
     assert "meaningless 0" in q and "split confidence 4.3" in q and "attribute confidence 5" in q
-    # The answer format is the last thing the model reads before answering.
-    assert q.endswith(TOTAL_INSTRUCTION)
+    # The answer format, then the caption question about the whole prompt, read last.
+    assert q.endswith(f'{TOTAL_INSTRUCTION}\nDoes the image show "A red circle in the desert."?')
     assert all(d in TOTAL_INSTRUCTION for d in ("1", "5"))
 
 
 def test_element_question_names_element_and_category():
     q = element_question("two blue squares", "two", "counting", FULL)
-    # The element is the last thing read, unquoted, after the answer format.
-    assert q.endswith(f"{ELEMENT_INSTRUCTION}\nElement: two (counting)")
-    assert element_question("a  cat", " big\n red ", "attribute").endswith("Element: big red (attribute)")
+    # The element is the last thing read, as a caption question, after the answer format.
+    assert q.endswith(f'{ELEMENT_INSTRUCTION}\nDoes the image show "two"? (counting)')
+    assert element_question("a  cat", " big\n red ", "attribute").endswith('show "big red"? (attribute)')
     assert "1 if present" in ELEMENT_INSTRUCTION and "0 if absent" in ELEMENT_INSTRUCTION
     # The shared part (prompt + info) comes before the element.
-    assert q.index("Text prompt") < q.index("info:") < q.index("Element:")
+    assert q.index("Text prompt") < q.index("info:") < q.index("Does the image show")
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), np.nan, pd.NA, "", "  "])
@@ -60,7 +60,7 @@ def test_info_from_pandas_row_and_missing_category():
     text = structural_text(row)
     assert text.startswith("info: generator SDXL-Turbo") and "attribute" not in text
     q = element_question("a star", "star", None, row)
-    assert q.endswith("\nElement: star")
+    assert q.endswith("\nDoes the image show \"star\"?")
     assert not is_missing(0.0) and not is_missing(0) and not is_missing("x")
 
 
@@ -96,3 +96,27 @@ def test_drop_structural_is_seeded():
     a = [drop_structural(FULL, 0.5, rng_a) for _ in range(20)]
     b = [drop_structural(FULL, 0.5, rng_b) for _ in range(20)]
     assert a == b and len({tuple(d.values()) for d in a}) > 1
+
+
+def test_zero_shot_questions_are_vqascore_ones():
+    """Element: P(Yes)/(P(Yes)+P(No)) to 'Does the image show "<text>"?'; total: 1 + 4 P(Yes) to
+    the same question about the whole prompt."""
+    import torch
+
+    from tokenfocus.infer import task_probabilities
+    from tokenfocus.prompts import vqascore_question
+    from tokenfocus.questions import ZEROSHOT_TOKENS, zeroshot_question
+
+    row = {"task": "element", "prompt": "two red  circles", "element_text": "red", "category_raw": "attribute-color"}
+    assert zeroshot_question(row) == 'Does the image show "red"?'
+    assert zeroshot_question({**row, "task": "total"}) == vqascore_question("two red circles") \
+        == 'Does the image show "two red circles"?'
+    # Columns of a label table holding 'No' and 'Yes' (sorted), as label_logit_table builds it.
+    tokens = sorted({t for labels in ZEROSHOT_TOKENS.values() for t in labels if t is not None})
+    cols = {task: torch.tensor([-1 if t is None else tokens.index(t) for t in labels])
+            for task, labels in ZEROSHOT_TOKENS.items()}
+    logits = torch.tensor([[0.0, 1.0], [0.3, -0.2]])   # (No, Yes)
+    total, element = task_probabilities(logits, ["total", "element"], cols)
+    p_yes = float(torch.softmax(logits[0], -1)[1])
+    assert total @ [1, 2, 3, 4, 5] == pytest.approx(1 + 4 * p_yes) and total[1:4].sum() == 0
+    assert element[1] == pytest.approx(float(torch.softmax(logits[1], -1)[1]))

@@ -1,15 +1,20 @@
-"""The pre-training curriculum of the tiny demo bases (src/tools/make_tiny_bases.py)."""
+"""The tiny demo bases: generic visual QA only, fresh scenes, dense cell targets, resumable."""
 import importlib.util
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tokenfocus.demo.scene import Scene, SceneObject
+from tokenfocus.lvlm import load_adapter
 from tokenfocus.prompts import ELEMENT_INSTRUCTION, TOTAL_INSTRUCTION
 
 ROOT = Path(__file__).resolve().parents[1]
+# Question types the committed bases answer well above the majority rate on held-out scenes
+# (card.json). Shape presence, counting, texture and style are not among them: see the README.
+LEARNED = ("color", "color_shape", "color_of", "background", "caption")
 
 
 @pytest.fixture(scope="module")
@@ -20,63 +25,92 @@ def mtb():
     return module
 
 
-@pytest.fixture(scope="module")
-def scenes(mtb):
-    return mtb.pretrain_scenes(40, np.random.default_rng(0), [0, 1])
-
-
-class _Tokens:
-    """Stands in for an adapter: a distinct fake id per label string."""
-
-    def label_ids(self, labels):
-        return [hash(("id", str(x))) % 10**6 for x in labels]
-
-
-def test_phase_mixes_are_distributions_over_known_tasks(mtb):
-    known = set(mtb.QUESTION_TYPES) | {f"element:{k}" for k in mtb.ELEMENT_KINDS} | {"total"}
+def test_pretraining_asks_generic_questions_only(mtb):
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        item = mtb.draw_item(rng)
+        for qtype in mtb.QUESTION_TYPES:
+            q, a = mtb.generic_question(item, rng, qtype)
+            assert TOTAL_INSTRUCTION not in q and ELEMENT_INSTRUCTION not in q and "Text prompt" not in q
+            assert a in mtb.answer_set(qtype), (qtype, q, a)
+            seen.add((qtype, a))
+    # Yes/No types see both answers; counts 1-4 and captions whole and partial both occur.
+    for qtype in ("shape", "color", "color_shape", "relation", "texture", "style", "caption"):
+        assert {(qtype, "Yes"), (qtype, "No")} <= seen, qtype
+    assert {a for t, a in seen if t == "count"} == {"1", "2", "3", "4"}
     for name, steps, mix in mtb.PHASES:
-        assert steps > 0 and set(mix) <= known, name
-        assert sum(mix.values()) == pytest.approx(1.0), name
-    # The last phase asks every element kind and the total in the scoring format.
-    assert {f"element:{k}" for k in mtb.ELEMENT_KINDS} | {"total"} <= set(mtb.PHASES[-1][2])
-    scaled = mtb.scaled_phases(0.5)
-    assert [k for _, k, _ in scaled] == [round(k / 2) for _, k, _ in mtb.PHASES]
+        assert steps > 0 and set(mix) <= set(mtb.QUESTION_TYPES), name
+        assert not mix or sum(mix.values()) == pytest.approx(1.0), name
 
 
-def test_scenes_carry_truth_labels_and_generic_total(mtb, scenes):
-    for sc in scenes:
-        assert sc["image"].size == (mtb.IMAGE_SIZE, mtb.IMAGE_SIZE)
-        assert len(sc["words"]) == mtb.GRID * mtb.GRID
-        for text, category, label, kind, clarity in sc["elements"]:
-            assert label == int(clarity >= 0.5) and kind in mtb.ELEMENT_KINDS and text
-        assert 1.0 <= mtb.generic_total(sc["elements"]) <= 5.0
-    # A scene whose elements are all shown scores 5, none shown 1; objects weigh double.
-    els = [("a", "object", 1, "object", 1.0), ("b", "color", 0, "color", 0.0)]
-    assert mtb.generic_total(els) == pytest.approx(1 + 4 * 2 / 3)
+def test_captions_are_judged_by_the_drawn_scene(mtb):
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        item = mtb.draw_item(rng)
+        shown = mtb.whole_caption_shown(item["prompt"], item["drawn"])
+        assert shown == all(e.clarity(item["drawn"]) >= 0.5 for e in item["prompt"].elements)
+        text, ok = mtb.partial_caption(item["prompt"], item["drawn"], rng)
+        assert text and isinstance(ok, bool)
 
 
-def test_sampler_balances_element_labels_and_asks_scoring_questions(mtb, scenes):
-    sample = mtb.QuestionSampler(_Tokens(), scenes)
-    rng = np.random.default_rng(1)
-    one, zero = sample.element_token[1], sample.element_token[0]
-    kind = next(k for k in mtb.ELEMENT_KINDS if (k, 0) in sample.groups and (k, 1) in sample.groups)
-    answers = Counter()
-    for _ in range(400):
-        i, question, answer = sample(f"element:{kind}", rng)
-        assert ELEMENT_INSTRUCTION in question and question.startswith('Text prompt: "' + scenes[i]["prompt"])
-        answers[answer] += 1
-    assert set(answers) == {one, zero}
-    assert 0.4 < answers[one] / 400 < 0.6  # balanced, though most elements of a scene are shown
-    i, question, answer = sample("total", rng)
-    level = int(np.clip(np.floor(mtb.generic_total(scenes[i]["elements"]) + 0.5), 1, 5))
-    assert question.endswith(TOTAL_INSTRUCTION) and answer == sample.total_token[level - 1]
-    i, question, answer = sample("color", rng)
-    assert question.startswith("Is there anything") and answer in (sample.answer_token["Yes"], sample.answer_token["No"])
+def test_cells_show_what_covers_them_and_instance_centres(mtb):
+    scene = Scene("snow", [SceneObject("square", "red", 1, size="big"), SceneObject("star", "blue", 3)])
+    _, words = mtb.render_with_regions(scene, 0)
+    assert len(words) == mtb.GRID * mtb.GRID and all(w[0] == "snow" for w in words)
+    flat = [w for cell in words for w in cell]
+    assert flat.count(mtb.CENTRE_WORD) == 4           # one square and three stars
+    assert "red" in flat and "square" in flat and "blue" in flat and "star" in flat
+    assert not any({"red", "blue"} <= set(cell) and "square" not in cell and "star" not in cell for cell in words)
 
 
-def test_committed_cards_record_the_curriculum(mtb):
+def test_pretraining_resumes_where_it_stopped(mtb, tmp_path):
+    corpus = mtb.build_corpus(0)
+    tok = mtb.train_tokenizer(corpus, "internvl")
+    torch.manual_seed(0)
+    model, processor, pconf = mtb.BUILDERS["internvl"](tok)
+    mtb.save_checkpoint(tmp_path / "init", model, tok, processor, pconf)
+    phases = (("vision", 2, {}), ("vqa", 2, {"color": 0.5, "caption": 0.5}))
+
+    def run(state, stop_after_first=False):
+        adapter = load_adapter("internvl", str(tmp_path / "init"))
+
+        def end(name):
+            if stop_after_first and name == "vision":
+                raise KeyboardInterrupt
+            return {"phase": name}
+
+        mtb.pretrain(adapter, phases=phases, batch_size=2, lr=1e-3, seed=5, state_path=state, on_phase_end=end)
+        return {k: v.clone() for k, v in adapter.model.state_dict().items()}
+
+    whole = run(tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt", stop_after_first=True)
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 2
+    resumed = run(tmp_path / "b.pt")
+    for k in whole:
+        torch.testing.assert_close(resumed[k], whole[k], atol=1e-6, rtol=1e-5)
+
+
+def test_committed_cards_reach_the_targets(mtb):
     for folder in mtb.FAMILIES.values():
         card = json.loads((ROOT / "input" / "pretrained" / folder / "card.json").read_text())
-        phases = card["pretrain"]["phases"]
-        assert [(p["name"], p["steps"]) for p in phases] == [(n, k) for n, k, _ in mtb.PHASES]
-        assert [c["phase"] for c in card["pretrain"]["after_phase"]] == [n for n, _, _ in mtb.PHASES]
+        assert card["parameters"]["total"] <= 10_000_000 and card["checkpoint_bytes"] <= 20 * 2 ** 20
+        pre = card["pretrain"]
+        assert [(p["name"], p["steps"]) for p in pre["phases"]] == [(n, k) for n, k, _ in mtb.PHASES]
+        final = pre["after_phase"][-1]["generic"]
+        assert set(final) == set(mtb.QUESTION_TYPES) == set(pre["majority_baseline"])
+        for qtype in LEARNED:
+            assert final[qtype] > pre["majority_baseline"][qtype] + 0.1, (folder, qtype)
+
+
+@pytest.mark.parametrize("family", sorted(["qwen2_5_vl", "internvl"]))
+def test_bases_answer_fresh_generic_questions_above_the_majority(mtb, family):
+    """Loaded through from_pretrained, on scenes no pre-training step drew."""
+    torch.set_num_threads(1)
+    adapter = load_adapter(family, str(ROOT / "input" / "pretrained" / mtb.FAMILIES[family]))
+    examples = [e for e in mtb.held_out_examples(40, seed=987) if e[3] in ("color", "color_of", "background", "caption")]
+    acc = mtb.evaluate(adapter, examples)
+    majority = mtb.majority_baseline(examples)
+    for qtype in ("color", "color_of", "background", "caption"):
+        assert acc[qtype] > majority[qtype] + 0.1, (qtype, acc[qtype], majority[qtype])

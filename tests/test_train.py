@@ -34,6 +34,10 @@ models:
     family: qwen2_5_vl
     path: {repo}/input/pretrained/tiny-qwen2.5-vl
     training: {{structural_drop_rate: 0.0}}
+  - name: qwen_unpacked      # one forward per question (training.packing: false)
+    family: qwen2_5_vl
+    path: {repo}/input/pretrained/tiny-qwen2.5-vl
+    training: {{packing: false}}
 training:
   lora_r: 4
   lora_alpha: 8
@@ -100,6 +104,22 @@ def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
     assert resumed.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
+
+
+def test_budget_takes_whole_images_and_packing_can_be_switched_off(cfg):
+    mcfg, tr, ev = _questions(cfg)
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+    everything, _ = fold_questions(cfg, train, folds, 0, ("total", "element"),
+                                   mcfg.training_config(cfg.training).__class__(**{
+                                       **mcfg.training_config(cfg.training).__dict__, "max_train_questions": None}))
+    assert len(tr) <= 48 and set(tr["img_path"]) < set(everything["img_path"])
+    per_image = everything.groupby("img_path").size()
+    kept = tr.groupby("img_path").size()
+    assert (kept == per_image[kept.index]).all()   # no image split
+    unpacked = cfg.model("qwen_unpacked")
+    assert not unpacked.training_config(cfg.training).packing and mcfg.training_config(cfg.training).packing
+    out = train_fold(cfg, unpacked, "mixed", 0, tr, ev)
+    assert json.loads((out / "train_done.json").read_text())["global_step"] == 6
 
 
 def test_finished_fold_is_skipped(cfg):

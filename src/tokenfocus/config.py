@@ -52,6 +52,8 @@ class TrainingConfig:
     loss: str = "mse"                   # 'mse' (token-focus), 'soft_ce' (token-focus), 'sft' (full vocab)
     structural: bool = True             # T2I model, prompt type, prompt-evaluation fields in the question
     structural_drop_rate: float = 0.5   # per field, so the model also works when the test hides them
+    packing: bool = True                # all of an image's questions in one forward (tokenfocus.packed);
+                                        # structural dropout is then drawn per image; 'sft' never packs
     lora_r: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.05
@@ -272,11 +274,7 @@ def load_config(path: str | Path | None = None) -> Config:
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    data = _read_yaml(path)
     data.pop("source", None)
     cfg = build(Config, data, str(path))
     cfg.source = str(path)
@@ -286,6 +284,36 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(str(e)) from None
     _check_models(cfg)
     return cfg
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """The mapping in ``path``; a top-level ``base: <file>`` (relative to this file) is read
+    first and this file's settings are merged over it, mapping by mapping."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: base: {base} includes itself")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} not found")
+    return _merge(_read_yaml(base_path, seen + (base_path,)), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _is_local(path: str) -> bool:

@@ -837,9 +837,42 @@ def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, fol
         from . import plots
         plots.write_plots(out_dir, lb, oof_m, test_bag if truth is not None else None,
                           {best: (chosen.oof, chosen.test)} | _best_base(lb, methods))
+    table = category_accuracy_table(methods, oof_m, test_bag if truth is not None else None)
+    write_csv(exp_dir / "category_accuracy.csv", table, float_format="%.4f")
+    if s.plots:
+        from . import plots
+        shown = [m for m in methods if m.kind in ("base", "baseline") or m.name == best]
+        split = "test" if truth is not None else "oof"
+        frame = test_bag if truth is not None else oof_m
+        el = (frame["task"] == "element").to_numpy()
+        plots.save_figure(plots.category_accuracy(
+            {m.name: pd.DataFrame({"category": frame.loc[el, "category"].astype(str).to_numpy(),
+                                   "target": frame.loc[el, "target"].to_numpy(float),
+                                   "pred": (m.test if split == "test" else m.oof)[el]}) for m in shown},
+            title=f"Element accuracy per category ({split})"), out_dir / "category_accuracy_methods.png")
     write_csv(exp_dir / "leaderboard.csv", lb, float_format="%.4f")
     lb.attrs.update({"submission": str(sub), "best_method": best})
     return lb
+
+
+def category_accuracy_table(methods: list[_Method], oof_m: pd.DataFrame, test_m: pd.DataFrame | None) -> pd.DataFrame:
+    """Element ACC per normalised category of every method, on OOF and (with truth) on test; the
+    test predictions of a fold-trained model are its fold-bagged ones. Column 'all' is the
+    pooled ACC, 'n' rows below give the element counts."""
+    rows = []
+    for split, frame in (("oof", oof_m), ("test", test_m)):
+        if frame is None:
+            continue
+        el = (frame["task"] == "element").to_numpy()
+        cat = frame.loc[el, "category"].astype(str).to_numpy()
+        y = frame.loc[el, "target"].to_numpy(float) >= 0.5
+        rows.append({"method": "n", "kind": "count", "split": split,
+                     **pd.Series(cat).value_counts().sort_index().to_dict(), "all": int(el.sum())})
+        for m in methods:
+            hit = ((m.oof if split == "oof" else m.test)[el] >= 0.5) == y
+            rows.append({"method": m.name, "kind": m.kind, "split": split,
+                         **pd.Series(hit, index=cat).groupby(level=0).mean().to_dict(), "all": float(hit.mean())})
+    return pd.DataFrame(rows)
 
 
 def _leaderboard(methods: list[_Method], oof_m: pd.DataFrame, test_m: pd.DataFrame | None,

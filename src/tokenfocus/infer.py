@@ -17,23 +17,29 @@ log = logging.getLogger("tokenfocus")
 TASK_ID = {TOTAL: 0, ELEMENT: 1}
 
 
-def label_logit_table(adapter, task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS
+def label_logit_table(adapter, task_tokens: dict[str, tuple[str | None, ...]] = TASK_LABELS
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """All answer-token ids in one vector and, per task, which columns of it belong to the task,
     in the order of the task's canonical labels (``task_tokens`` may spell them differently,
-    e.g. 'No'/'Yes' for a zero-shot '0'/'1')."""
-    tokens = sorted(set(task_tokens[TOTAL]) | set(task_tokens[ELEMENT]))
+    e.g. 'No'/'Yes' for a zero-shot '0'/'1'). A label spelled None has no token: its column is
+    -1 and its probability 0 (the VQAScore total puts P(No) on level 1 and P(Yes) on level 5)."""
+    tokens = sorted({lab for t in (TOTAL, ELEMENT) for lab in task_tokens[t] if lab is not None})
     ids = torch.tensor(adapter.label_ids(tokens))
-    cols = {t: torch.tensor([tokens.index(lab) for lab in task_tokens[t]]) for t in (TOTAL, ELEMENT)}
+    cols = {t: torch.tensor([-1 if lab is None else tokens.index(lab) for lab in task_tokens[t]])
+            for t in (TOTAL, ELEMENT)}
     return ids, cols
 
 
 def task_probabilities(label_logits: torch.Tensor, tasks: list[str], cols: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """Per row: the softmax over its own task's label logits (float64 numpy)."""
+    """Per row: the softmax over its own task's label logits (float64 numpy); 0 for a label
+    without a token."""
     out = []
     lg = label_logits.detach().float().cpu()
     for i, t in enumerate(tasks):
-        out.append(torch.softmax(lg[i, cols[t]], dim=-1).double().numpy())
+        c = cols[t]
+        p = torch.zeros(len(c), dtype=torch.float64)
+        p[c >= 0] = torch.softmax(lg[i, c[c >= 0]], dim=-1).double()
+        out.append(p.numpy())
     return out
 
 
@@ -215,8 +221,10 @@ def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list
 
 
 def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
-    """The untuned base as a baseline: P(Yes) / (P(Yes) + P(No)) per element, the expected
-    level for the total; the same predictions serve as every fold's OOF and test dump."""
+    """The untuned base as a baseline, VQAScore's recipe: P(Yes) / (P(Yes) + P(No)) to
+    ``Does the image show "<element text>"?`` per element, 1 + 4 P(Yes) to the same question
+    about the whole prompt for the total; the same predictions serve as every fold's OOF and
+    test dump."""
     from .models import load_model_adapter
     from .questions import ZEROSHOT_TOKENS, build_questions, zeroshot_question
     from .stages import load_folds, load_split

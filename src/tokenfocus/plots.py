@@ -66,7 +66,7 @@ def pred_vs_true(panels: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     return fig
 
 
-def category_accuracy(frames: Mapping[str, pd.DataFrame]) -> Figure:
+def category_accuracy(frames: Mapping[str, pd.DataFrame], title: str = "Accuracy per element category") -> Figure:
     """Element ACC per normalised category, one bar group per category, one bar per labelled frame
     (columns category, target, pred)."""
     tables = {}
@@ -84,7 +84,7 @@ def category_accuracy(frames: Mapping[str, pd.DataFrame]) -> Figure:
     lowest = np.nanmin(table.to_numpy(float)) if table.size else 0.0
     ax.set_ylim(max(0.0, np.floor((lowest - 0.05) * 10) / 10), 1.0)
     ax.set_ylabel("element ACC")
-    ax.set_title("Accuracy per element category")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

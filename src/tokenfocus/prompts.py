@@ -3,9 +3,9 @@
 Every question states a strictly controlled answer format so that the model's
 first answer token is one of the label tokens: '1'..'5' for the overall score and
 '1' (present) / '0' (absent) for an element. The shared part (the T2I prompt and
-the optional structural information) comes first, the task-specific part last:
-the answer format for the total score, the answer format and then the element for an
-element.
+the optional structural information) comes first, the task-specific part last: the
+answer format, then the caption question ``Does the image show "<text>"?`` about the
+whole prompt (total) or the element's text (element).
 
 Structural information (T2I model name, prompt type and the prompt-evaluation
 fields) is optional field by field: the final test hides the model name and the
@@ -91,8 +91,9 @@ def _context(prompt: str, info: Mapping[str, Any] | None) -> str:
 
 
 def total_question(prompt: str, info: Mapping[str, Any] | None = None) -> str:
-    """The overall-alignment question; the answer is one of TOTAL_LABELS."""
-    return f"{_context(prompt, info)}\n{TOTAL_INSTRUCTION}"
+    """The overall-alignment question; the answer is one of TOTAL_LABELS. It ends with the
+    caption question about the whole prompt (see ``element_question``)."""
+    return f"{_context(prompt, info)}\n{TOTAL_INSTRUCTION}\n{vqascore_question(prompt)}"
 
 
 def element_question(
@@ -100,17 +101,26 @@ def element_question(
 ) -> str:
     """The question for one element of the prompt; the answer is one of ELEMENT_LABELS.
 
-    The element comes last, unquoted: ``Element: red (attribute-color)``. The words read
-    just before answering are the ones a model most easily looks up in the image, and
-    unquoted they tokenize as they do inside the prompt (' red', not '"red'). Measured on the
-    tiny InternVL base, colour elements only, 1600 steps, labels balanced: held-out accuracy
-    0.742 with this layout vs 0.559 with the element quoted before the instruction (majority
-    0.516).
+    The element comes last, as the caption question a pre-trained LVLM already answers
+    (VQAScore's ``Does the image show "red"?``), followed by its category: the fine-tune then
+    maps an answer the base already has onto the label digits instead of learning to read a
+    new format. Measured on the tiny InternVL base, fold 0, 4800 questions: held-out Final
+    0.4626 (SRCC 0.179) with this layout vs 0.4050 (SRCC 0.032) with ``Element: red
+    (attribute-color)``; the words read just before answering are the ones a model most
+    easily looks up in the image.
     """
-    element = f"Element: {' '.join(str(element_text).split())}"
+    element = vqascore_question(element_text)
     if not is_missing(category):
         element += f" ({str(category).strip()})"
     return f"{_context(prompt, info)}\n{ELEMENT_INSTRUCTION}\n{element}"
+
+
+def vqascore_question(text: str) -> str:
+    """The zero-shot caption-matching question of VQAScore; the answer is 'Yes' or 'No'.
+
+    An untuned LVLM's P(Yes) / (P(Yes) + P(No)) to it scores an element (its text) or, as
+    1 + 4 P(Yes), the whole prompt (EvalMuse-40K reports SRCC 0.4877 for VQAScore)."""
+    return f'Does the image show "{" ".join(str(text).split())}"?'
 
 
 def drop_structural(info: Mapping[str, Any] | None, rate: float, rng) -> dict:

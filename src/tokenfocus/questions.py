@@ -8,7 +8,7 @@ import pandas as pd
 
 from .data import META_FIELDS, normalise_category, split_element_key
 from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, STRUCTURAL_FIELDS, TOTAL_LABELS, TOTAL_VALUES,
-                      drop_structural, element_question, total_question)
+                      drop_structural, element_question, total_question, vqascore_question)
 
 TOTAL, ELEMENT = "total", "element"
 TASK_LABELS = {TOTAL: TOTAL_LABELS, ELEMENT: ELEMENT_LABELS}
@@ -51,22 +51,28 @@ def question_info(row: dict, structural: bool, drop_rate: float = 0.0, rng=None)
 
 def question_text(row: dict, structural: bool = True, drop_rate: float = 0.0, rng=None) -> str:
     """The question for one row of ``build_questions``, structural fields dropped at ``drop_rate``."""
-    info = question_info(row, structural, drop_rate, rng)
+    return question_text_with_info(row, question_info(row, structural, drop_rate, rng))
+
+
+def question_text_with_info(row: dict, info: dict | None) -> str:
+    """The question for one row, with the structural fields ``info`` (None: without)."""
     if row["task"] == TOTAL:
         return total_question(row["prompt"], info)
     return element_question(row["prompt"], row["element_text"], row["category_raw"], info)
 
 
-# Zero-shot: an untuned instruct model answers a plain yes/no question about each element.
-ZEROSHOT_TOKENS = {TOTAL: TOTAL_LABELS, ELEMENT: ("No", "Yes")}
+# Zero-shot (VQAScore): an untuned instruct model answers Yes or No to whether the image shows a
+# text; for the total, P(No) goes to level 1 and P(Yes) to level 5, so the expected level is
+# 1 + 4 P(Yes) (None: no token, probability 0).
+ZEROSHOT_TOKENS = {TOTAL: ("No", None, None, None, "Yes"), ELEMENT: ("No", "Yes")}
 
 
 def zeroshot_question(row: dict, structural: bool = False, drop_rate: float = 0.0, rng=None) -> str:
-    """The VQAScore-style question of the zero-shot baseline (no structural information)."""
-    if row["task"] == TOTAL:
-        return total_question(row["prompt"], None)
-    return f'Does the image show "{row["element_text"]}" ({row["category_raw"]})? Answer Yes or No.'
+    """VQAScore's question: ``Does the image show "<text>"?`` for the element's text, or for the
+    whole prompt on the total row (no structural information)."""
+    return vqascore_question(row["prompt"] if row["task"] == TOTAL else row["element_text"])
 
 
 __all__ = ["ZEROSHOT_TOKENS", "zeroshot_question", "TOTAL", "ELEMENT", "TASK_LABELS", "TASK_VALUES", "build_questions", "question_text",
+           "question_text_with_info",
            "question_info", "META_FIELDS"]

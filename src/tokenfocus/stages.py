@@ -248,19 +248,49 @@ def run_inference(cfg: Config, force: bool = False, jobs: int | str | None = Non
     return score_rows(results)
 
 
-def ablation_table(cfg: Config) -> pd.DataFrame:
-    """The ablation variants side by side on the OOF predictions of the ablation folds."""
+ABLATION_BOOTSTRAP = 200
+
+
+def ablation_table(cfg: Config, n_boot: int = ABLATION_BOOTSTRAP) -> pd.DataFrame:
+    """The ablation variants side by side on the OOF predictions of the ablation folds, with a
+    noise estimate: a bootstrap over prompts (the same resampled prompts for every variant)
+    gives each Final's standard deviation and, paired, that of its difference to the first
+    fine-tuned variant (``delta`` / ``delta_sd``), so a difference can be read against noise."""
+    import numpy as np
+
     from .infer import read_model_dumps, score_predictions
 
     preds_dir = cfg.exp_dir / "preds"
     folds = set(cfg.ablation.folds)
-    rows = []
     sources = {"zero-shot (untuned base)": f"zeroshot_{cfg.ablation.model}", **cfg.ablation_sources()}
+    frames = {}
     for variant, model in sources.items():
         oof = read_model_dumps(preds_dir, model, "oof")
-        r = score_predictions(oof[oof["fold"].isin(folds)])
+        frames[variant] = oof[oof["fold"].isin(folds)].reset_index(drop=True)
+    prompts = np.array(sorted(next(iter(frames.values()))["prompt_id"].astype(str).unique()))
+    rng = np.random.default_rng(cfg.seed)
+    draws = [rng.choice(prompts, len(prompts), replace=True) for _ in range(n_boot)]
+    boot = {}
+    for variant, df in frames.items():
+        groups = df.groupby(df["prompt_id"].astype(str)).indices
+        finals = []
+        for d in draws:
+            part = df.iloc[np.concatenate([groups[p] for p in d])].copy()
+            # Repeated prompts become distinct images, as the bootstrap intends.
+            part["img_path"] = part["img_path"] + "#" + np.repeat(np.arange(len(d)),
+                                                                  [len(groups[p]) for p in d]).astype(str)
+            finals.append(score_predictions(part)["final"])
+        boot[variant] = np.array(finals)
+    reference = list(sources)[1] if len(sources) > 1 else list(sources)[0]
+    rows = []
+    for variant, model in sources.items():
+        r = score_predictions(frames[variant])
+        delta = boot[variant] - boot[reference]
         rows.append({"variant": variant, "model": model, "folds": " ".join(map(str, sorted(folds))),
-                     **{k: r[k] for k in ("srcc", "plcc", "acc", "final")}})
+                     **{k: r[k] for k in ("srcc", "plcc", "acc", "final")},
+                     "final_sd": float(boot[variant].std(ddof=1)),
+                     "delta": float(r["final"] - score_predictions(frames[reference])["final"]),
+                     "delta_sd": float(delta.std(ddof=1))})
     return pd.DataFrame(rows)
 
 

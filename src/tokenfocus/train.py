@@ -22,7 +22,8 @@ from . import loss as tf_loss
 from .config import Config, ModelConfig, TrainingConfig
 from .io import write_json
 from .infer import TASK_ID, label_logit_table
-from .questions import ELEMENT, TOTAL, TASK_VALUES, build_questions, question_text
+from .questions import (ELEMENT, TOTAL, TASK_VALUES, build_questions, question_info, question_text,
+                        question_text_with_info)
 
 log = logging.getLogger("tokenfocus")
 
@@ -77,6 +78,22 @@ def load_image(image_dir: Path, img_path: str):
         return im.convert("RGB")
 
 
+class ImageDataset(torch.utils.data.Dataset):
+    """One item per image: all of its questions (packed training), in table order."""
+
+    def __init__(self, questions: pd.DataFrame):
+        q = questions.reset_index(drop=True)
+        self.groups = [idx.tolist() for _, idx in q.groupby("img_path", sort=False).groups.items()]
+        self.q = q
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        rows = [{**self.q.iloc[j].to_dict(), "_row": j} for j in self.groups[i]]
+        return {"_image": i, "rows": rows}
+
+
 class TokenFocusCollator:
     """Builds one batch: chat inputs from the adapter, plus task ids and targets.
 
@@ -96,16 +113,39 @@ class TokenFocusCollator:
         return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
 
     def __call__(self, rows: list[dict]) -> dict:
+        if rows and "rows" in rows[0]:
+            return self.packed(rows)
         drop = self.tcfg.structural_drop_rate if self.train else 0.0
         questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
         images = [load_image(self.image_dir, r["img_path"]) for r in rows]
         # Scoring reads the first answer position, so only training appends the answer.
         answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
         batch = dict(self.adapter.encode(images, questions, answers=answers))
-        batch["tf_task"] = torch.tensor([TASK_ID[r["task"]] for r in rows])
-        batch["tf_target"] = torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32)
-        batch["tf_std"] = torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)
+        batch.update(self._targets(rows))
         return batch
+
+    def packed(self, items: list[dict]) -> dict:
+        """A packed batch (``tokenfocus.packed``): one sequence per image. The structural fields a
+        question loses are drawn once per image, from (seed, epoch, image), since its questions
+        share the prefix that holds them."""
+        from .packed import pack_batch
+
+        drop = self.tcfg.structural_drop_rate if self.train else 0.0
+        questions = []
+        for item in items:
+            rng = np.random.default_rng((self.tcfg.seed, self.epoch, item["_image"])) if self.train else None
+            info = question_info(item["rows"][0], self.tcfg.structural, drop, rng)
+            questions.append([question_text_with_info(r, info) for r in item["rows"]])
+        images = [load_image(self.image_dir, item["rows"][0]["img_path"]) for item in items]
+        batch = pack_batch(self.adapter, images, questions)
+        batch.update(self._targets([r for item in items for r in item["rows"]]))
+        return batch
+
+    @staticmethod
+    def _targets(rows: list[dict]) -> dict:
+        return {"tf_task": torch.tensor([TASK_ID[r["task"]] for r in rows]),
+                "tf_target": torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32),
+                "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
 
 
 def sft_answer(row: dict) -> str:
@@ -137,6 +177,8 @@ def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: tor
 def _trainer_class():
     from transformers import Trainer
 
+    from .packed import packed_label_logits
+
     class TokenFocusTrainer(Trainer):
         """Trainer whose loss reads the label tokens at the first answer position only."""
 
@@ -151,6 +193,9 @@ def _trainer_class():
             task, target, std = inputs.pop("tf_task"), inputs.pop("tf_target"), inputs.pop("tf_std")
             if self.tf_cfg.loss == "sft":
                 loss = tf_loss.full_vocab_sft_loss(model, inputs, inputs.pop("labels"))
+            elif "segment_ids" in inputs:
+                logits = packed_label_logits(model, inputs, self.label_ids.to(task.device))
+                loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
             else:
                 logits = tf_loss.answer_label_logits(model, inputs, self.label_ids.to(task.device))
                 loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
@@ -269,9 +314,22 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     from accelerate import PartialState
 
     world = PartialState().num_processes
+    packing = tcfg.packing and tcfg.loss != "sft"
+    if packing:
+        from .packed import check_backend
+
+        check_backend(model)
+        dataset = ImageDataset(train_q)
+        # Batches are counted in questions: as many images as hold per_device_batch questions.
+        per_device = max(1, round(tcfg.per_device_batch * len(dataset) / max(1, len(train_q))))
+    else:
+        dataset, per_device = QuestionDataset(train_q, cfg.image_dir), tcfg.per_device_batch
+    log.info("train %s/%s/fold%d: %s, %d %s per device step", mcfg.name, task, fold,
+             "packed (one sequence per image)" if packing else "one forward per question", per_device,
+             "images" if packing else "questions")
     args = TrainingArguments(
         output_dir=str(work),
-        per_device_train_batch_size=tcfg.per_device_batch,
+        per_device_train_batch_size=per_device,
         gradient_accumulation_steps=_accumulation(tcfg, world),
         num_train_epochs=tcfg.epochs,
         max_steps=tcfg.max_steps,
@@ -311,7 +369,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
             train_collator.epoch = int(state.epoch or 0)
 
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=QuestionDataset(train_q, cfg.image_dir),
+        model=model, args=args, train_dataset=dataset,
         data_collator=train_collator,
         callbacks=[_Cb(), *callbacks], tf_cfg=tcfg, label_ids=label_ids, label_cols=label_cols,
         is_vision=adapter.is_vision_param)
@@ -353,7 +411,12 @@ def fold_questions(cfg: Config, train: pd.DataFrame, folds: pd.DataFrame, fold: 
     q = q[q["task"].isin(tasks)].merge(folds[["img_path", "fold"]], on="img_path")
     tr, ev = q[q["fold"] != fold], q[q["fold"] == fold]
     if tcfg.max_train_questions and len(tr) > tcfg.max_train_questions:
-        tr = tr.sample(n=tcfg.max_train_questions, random_state=tcfg.seed + fold)
+        # Whole images, in a seeded order, until the budget is reached (packing needs all of an
+        # image's questions together).
+        images = tr["img_path"].drop_duplicates().sample(frac=1.0, random_state=tcfg.seed + fold)
+        counts = tr.groupby("img_path").size().reindex(images)
+        keep = set(images[(counts.cumsum() <= tcfg.max_train_questions).to_numpy()])
+        tr = tr[tr["img_path"].isin(keep)]
     # Shuffle is the Trainer's job; a stable order here keeps runs reproducible.
     return tr.reset_index(drop=True), ev.reset_index(drop=True)
 

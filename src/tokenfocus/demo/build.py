@@ -31,7 +31,7 @@ IMAGE_DIR = "images"
 META_FIELDS = ("promt_meaningless", "split_confidence", "attribute_confidence")
 # Raised whenever the simulation or the summary changes, so that a stored dataset made by an
 # earlier version is rebuilt instead of kept.
-FORMAT = 2
+FORMAT = 3
 # The reference scores the summary holds, as (label, key), in the order they are shown.
 REFERENCES = (("noise ceiling", "noise_ceiling"), ("scene truth (no annotators)", "scene_truth"),
               ("prior (prompt only)", "prior"))
