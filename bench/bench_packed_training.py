@@ -96,7 +96,7 @@ def run_config(name: str, adapter, side: int, args) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return time.perf_counter() - t0, float(loss)
+        return time.perf_counter() - t0, float(loss.detach())
 
     step(False), step(True)  # first-call allocations, untimed
     times = {"per-question": [], "packed": []}

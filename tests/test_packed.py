@@ -92,3 +92,18 @@ def test_no_segment_sees_another(sharp):
     # Others move by float rounding only (another sequence length changes the summation order);
     # a segment that saw another would move by 0.1-1 with these weights.
     assert torch.cat([moved[:1], moved[2:]]).max() < 1e-4
+
+
+def test_element_questions_share_their_instruction_as_a_stem(sharp):
+    images, questions = _inputs()
+    batch = pack_batch(sharp, images, questions)
+    parents = batch["segment_parent"][0]
+    seg = batch["segment_ids"][0]
+    n_questions = len(questions[0])
+    # One stem for the element questions: more segments than questions, elements under it.
+    assert int(seg.max()) == n_questions + 1 and int((parents > 0).sum()) == n_questions - 1
+    stem = int(parents[parents > 0][0])
+    assert int((seg == stem).sum()) >= 2
+    # A question's own tokens are counted on from the stem, as in its own forward.
+    first_tail = int((seg == stem + 1).nonzero()[0])
+    assert int(batch["text_offset"][0, first_tail]) == int((seg == stem).sum())

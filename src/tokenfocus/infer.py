@@ -111,14 +111,16 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
                            collator, progress: bool = True, desc: str = "score",
                            task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS,
                            prefix_batch: int = 1) -> pd.DataFrame:
-    """``predict_questions`` with one prefix forward per image (``tokenfocus.fastscore``).
+    """``predict_questions`` with one packed forward per image (``tokenfocus.packed``).
 
-    Each image and the question text its rows share run once; its questions are then
-    scored in passes of ``batch_size`` suffixes. Same questions (``collator``'s eval
-    questions), same output, rows in the input order. Models the fast path cannot
-    serve (e.g. remote-code checkpoints) are scored by ``predict_questions``.
+    Each image and the question text its rows share run once, every question's own tokens as
+    a segment that sees only the prefix (and its stem) and itself. Same questions
+    (``collator``'s eval questions), same output, rows in the input order. Models the fast
+    path cannot serve (e.g. remote-code checkpoints) are scored by ``predict_questions``
+    (``batch_size`` questions a forward).
     """
-    from .fastscore import prefix_label_logits, unsupported_reason
+    from .fastscore import unsupported_reason
+    from .packed import packed_image_logits
     from .train import load_image
 
     reason = unsupported_reason(adapter, model)
@@ -145,8 +147,9 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
         group = paths[s:s + prefix_batch]
         images = [load_image(image_dir, p) for p in group]
         texts = [[collator.question_fn(rows[i], structural) for i in by_image[p]] for p in group]
-        logits = prefix_label_logits(adapter, images, texts, ids, model=model, prefix_batch=prefix_batch,
-                                     suffix_batch=batch_size)
+        # One packed forward per image (prefix, stems and every question's tokens): 4.9x the
+        # naive pairs/s on bench_fast_scoring, against 3.45x for the cached prefix + suffix pass.
+        logits = packed_image_logits(adapter, images, texts, ids, model=model, image_batch=prefix_batch)
         for p, lg in zip(group, logits):
             idx = by_image[p]
             for i, pr in zip(idx, task_probabilities(lg, [rows[i]["task"] for i in idx], cols)):
