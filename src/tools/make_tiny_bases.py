@@ -4,24 +4,27 @@
     # or both families at once, one core each (same result):
     python src/tools/make_tiny_bases.py --family internvl & python src/tools/make_tiny_bases.py --family qwen2_5_vl
 
-For each family: a byte-level BPE tokenizer trained on demo-style text (any text
-encodes; digits are single tokens; the family's chat special tokens), a random-init
-model of the real architecture at about a million parameters, an image processor at
-112 px (16 image tokens), a chat template; then a pre-training curriculum (``PHASES``)
-on questions about scenes a generic simulated generator drew (not one of the demo's
-twelve), answered from each drawn scene's truth, never from the demo's annotators:
+For each family: a byte-level BPE tokenizer trained on demo-style text (any text encodes;
+digits are single tokens; the family's chat special tokens), a random-init model of the real
+architecture at about 1.5M parameters, an image processor at 112 px in 8 px patches (49 image
+tokens), a chat template; then pre-training (``PHASES``) on freshly rendered scenes that a
+generic simulated generator drew (not one of the demo's twelve), answered from each drawn
+scene's truth, never from the demo's annotators and never with the fine-tune's scoring
+questions:
 
-1. ``generic``: what colour is the triangle, how many squares, what is the background,
-   is the star left of the square, is there a red circle;
-2. ``presence``: is there anything red, is there a star, is there a red circle;
-3. ``checklist``: the demo's scoring questions themselves (every element kind, and the
-   total), which is what an instruction-tuned LVLM already knows before it sees EvalMuse;
+1. ``vision``: the vision tower and projector alone on dense cell targets (``DenseTargets``);
+2. ``generic``, ``presence``, ``generic+``: the whole model on generic visual questions (is
+   there a star, what colour is the heart, how many squares, is the circle left of the star,
+   what is the background, ``Does the image show "<text>"?`` for whole and partial captions),
+   with the dense loss kept on.
 
-with a region-word objective on the image tokens throughout (see ``pretrain``).
-Saved with save_pretrained (safetensors) so that they load exactly like real checkpoints:
-``load_adapter('qwen2_5_vl', 'input/pretrained/tiny-qwen2.5-vl')``. A ``card.json`` beside
-each checkpoint records the seed, sizes and held-out scores after every phase. Same seed,
-same checkpoints (on the same torch build and thread count).
+Every step draws new scenes (a fixed pool is memorised). Work in progress is checkpointed in
+``<out>/.work/<family>/`` every 250 steps and resumed from there, so a killed run continues
+where it stopped and ends at the same weights. Saved with save_pretrained (safetensors) so that
+they load exactly like real checkpoints: ``load_adapter('qwen2_5_vl', 'input/pretrained/tiny-qwen2.5-vl')``.
+A ``card.json`` beside each checkpoint records the seed, sizes, time, and after every phase the
+held-out accuracy per question type (beside the majority rate) and the VQAScore zero-shot
+reading. Same seed, same checkpoints (on the same torch build and thread count).
 """
 
 from __future__ import annotations
