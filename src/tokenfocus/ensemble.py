@@ -833,23 +833,18 @@ def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, fol
         "structural_features": struct_cols, "structural_mode": s.structural,
         "record_features": record_cols, "blend": blend_info, "settings": dataclasses.asdict(s),
         "submission": str(sub)})
+    write_csv(exp_dir / "category_accuracy.csv",
+              category_accuracy_table(methods, oof_m, test_bag if truth is not None else None), float_format="%.4f")
     if s.plots:
         from . import plots
         plots.write_plots(out_dir, lb, oof_m, test_bag if truth is not None else None,
                           {best: (chosen.oof, chosen.test)} | _best_base(lb, methods))
-    table = category_accuracy_table(methods, oof_m, test_bag if truth is not None else None)
-    write_csv(exp_dir / "category_accuracy.csv", table, float_format="%.4f")
-    if s.plots:
-        from . import plots
-        shown = [m for m in methods if m.kind in ("base", "baseline") or m.name == best]
-        split = "test" if truth is not None else "oof"
-        frame = test_bag if truth is not None else oof_m
-        el = (frame["task"] == "element").to_numpy()
-        plots.save_figure(plots.category_accuracy(
-            {m.name: pd.DataFrame({"category": frame.loc[el, "category"].astype(str).to_numpy(),
-                                   "target": frame.loc[el, "target"].to_numpy(float),
-                                   "pred": (m.test if split == "test" else m.oof)[el]}) for m in shown},
-            title=f"Element accuracy per category ({split})"), out_dir / "category_accuracy_methods.png")
+        # Every base model and baseline beside the chosen method, on test where there is truth.
+        split, frame = ("test", test_bag) if truth is not None else ("oof", oof_m)
+        shown = {m.name: plots.element_frame(frame, m.test if split == "test" else m.oof)
+                 for m in methods if m.kind in ("base", "baseline") or m.name == best}
+        plots.save_figure(plots.category_accuracy(shown, title=f"Element accuracy per category ({split})"),
+                          out_dir / "category_accuracy_methods.png")
     write_csv(exp_dir / "leaderboard.csv", lb, float_format="%.4f")
     lb.attrs.update({"submission": str(sub), "best_method": best})
     return lb

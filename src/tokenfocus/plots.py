@@ -107,12 +107,15 @@ def write_plots(out_dir: str | Path, lb: pd.DataFrame, oof: pd.DataFrame, test: 
         rows = (frame["task"] == "total").to_numpy()
         panels[f"{first} ({split})"] = (frame.loc[rows, "target"].to_numpy(float), predictions[first][i][rows])
     paths.append(save_figure(pred_vs_true(panels), out_dir / "pred_vs_true.png"))
-    frames = {}
-    for label, preds in predictions.items():
-        for split, frame, i in splits:
-            rows = (frame["task"] == "element").to_numpy()
-            frames[f"{label} ({split})"] = pd.DataFrame({"category": frame.loc[rows, "category"].astype(object).to_numpy(),
-                                                         "target": frame.loc[rows, "target"].to_numpy(float),
-                                                         "pred": preds[i][rows]})
+    frames = {f"{label} ({split})": element_frame(frame, preds[i])
+              for label, preds in predictions.items() for split, frame, i in splits}
     paths.append(save_figure(category_accuracy(frames), out_dir / "category_accuracy.png"))
     return paths
+
+
+def element_frame(questions: pd.DataFrame, pred: np.ndarray) -> pd.DataFrame:
+    """The element rows of a question frame as ``category_accuracy`` reads them (category,
+    target, pred), ``pred`` aligned with ``questions``."""
+    rows = (questions["task"] == "element").to_numpy()
+    return pd.DataFrame({"category": questions.loc[rows, "category"].astype(object).to_numpy(),
+                         "target": questions.loc[rows, "target"].to_numpy(float), "pred": pred[rows]})

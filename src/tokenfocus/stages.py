@@ -282,6 +282,7 @@ def ablation_table(cfg: Config, n_boot: int = ABLATION_BOOTSTRAP) -> pd.DataFram
             finals.append(score_predictions(part)["final"])
         boot[variant] = np.array(finals)
     reference = list(sources)[1] if len(sources) > 1 else list(sources)[0]
+    reference_final = score_predictions(frames[reference])["final"]
     rows = []
     for variant, model in sources.items():
         r = score_predictions(frames[variant])
@@ -289,7 +290,7 @@ def ablation_table(cfg: Config, n_boot: int = ABLATION_BOOTSTRAP) -> pd.DataFram
         rows.append({"variant": variant, "model": model, "folds": " ".join(map(str, sorted(folds))),
                      **{k: r[k] for k in ("srcc", "plcc", "acc", "final")},
                      "final_sd": float(boot[variant].std(ddof=1)),
-                     "delta": float(r["final"] - score_predictions(frames[reference])["final"]),
+                     "delta": float(r["final"] - reference_final),
                      "delta_sd": float(delta.std(ddof=1))})
     return pd.DataFrame(rows)
 

@@ -193,11 +193,9 @@ def _trainer_class():
             task, target, std = inputs.pop("tf_task"), inputs.pop("tf_target"), inputs.pop("tf_std")
             if self.tf_cfg.loss == "sft":
                 loss = tf_loss.full_vocab_sft_loss(model, inputs, inputs.pop("labels"))
-            elif "segment_ids" in inputs:
-                logits = packed_label_logits(model, inputs, self.label_ids.to(task.device))
-                loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
             else:
-                logits = tf_loss.answer_label_logits(model, inputs, self.label_ids.to(task.device))
+                label_logits = packed_label_logits if "segment_ids" in inputs else tf_loss.answer_label_logits
+                logits = label_logits(model, inputs, self.label_ids.to(task.device))
                 loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
             return (loss, None) if return_outputs else loss
 

@@ -58,6 +58,8 @@ from tokenfocus.demo import scene as demo_scene  # noqa: E402
 from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total  # noqa: E402
 from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate  # noqa: E402
 from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
+from tokenfocus.demo.scene import shown_color  # noqa: E402
+from tokenfocus.io import atomic_path  # noqa: E402
 from tokenfocus.lvlm import load_adapter  # noqa: E402
 
 IMAGE_SIZE = 112
@@ -148,11 +150,6 @@ def answer_set(qtype: str) -> tuple[str, ...]:
     if qtype == "background":
         return demo_scene.BACKGROUNDS
     return ("Yes", "No")
-
-
-def shown_color(o) -> str:
-    """The colour name a viewer reads off a group: its tint once it is drawn more than half-way."""
-    return o.tint if o.tint and o.tint_amount > 0.5 else o.color
 
 
 def _yes(flag: bool) -> str:
@@ -598,12 +595,6 @@ class Capture:
         return self.out.reshape(batch_size, GRID * GRID, -1)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_path: Path,
              log_every: int = 100, save_every: int = 250, on_phase_end=None) -> dict:
     """Full-parameter training through the curriculum ``phases`` (see PHASES), resumable.
@@ -648,6 +639,13 @@ def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_pa
         done, seconds, history, evals = state["step"], state["seconds"], state["history"], state["evals"]
         tqdm.write(f"{adapter.family}: resumed at step {done} of {steps}")
     t0 = time.perf_counter() - seconds
+
+    def save_state():
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": done, "seconds": time.perf_counter() - t0, "history": history,
+                        "evals": evals}, tmp)
+
     bar = tqdm(total=steps, initial=done, desc=f"pretrain {adapter.family}", mininterval=10)
     for p, (name, n_steps, mix) in enumerate(phases):
         if done >= bounds[p + 1]:
@@ -685,15 +683,11 @@ def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_pa
                 bar.set_postfix(phase=name, qa=f"{np.mean(history['qa'][-log_every:]):.3f}",
                                 dense=f"{np.mean(history['dense'][-log_every:]):.4f}")
             if done % save_every == 0 or done == bounds[p + 1]:
-                _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                              "step": done, "seconds": time.perf_counter() - t0, "history": history,
-                              "evals": evals}, state_path)
+                save_state()
         if on_phase_end is not None:
             evals.append(on_phase_end(name))
             model.train()
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "step": done, "seconds": time.perf_counter() - t0, "history": history,
-                          "evals": evals}, state_path)
+            save_state()
     bar.close()
     model.eval()
     return {"steps": steps, "phases": [{"name": n, "steps": k, "mix": m} for n, k, m in phases],

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scene import KINDS, NEAR_COLORS, Prompt, Scene, SceneObject
+from .scene import KINDS, NEAR_COLORS, Prompt, Scene, shown_color
 
 PERCEPTION = {"object": 3.0, "color": 2.5, "count": 2.0, "size": 1.6, "texture": 2.1,
               "spatial": 2.0, "location": 2.4, "style": 1.8}
@@ -98,10 +98,6 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _shown_color(o: SceneObject) -> str:
-    return o.tint if o.tint and o.tint_amount > 0.5 else o.color
-
-
 def _perceived(e, rendered: Scene) -> tuple[float, float]:
     """(perceived clarity, systematic logit shift) of one element in the rendered scene."""
     clarity = float(e.clarity(rendered))
@@ -120,7 +116,7 @@ def _perceived(e, rendered: Scene) -> tuple[float, float]:
     if e.kind in ("object", "color", "texture") and groups:
         if all(g.size == "small" for g in groups):
             shift += SMALL_SHIFT
-        if all((_shown_color(g), rendered.background) in LOW_CONTRAST for g in groups):
+        if all((shown_color(g), rendered.background) in LOW_CONTRAST for g in groups):
             shift += LOW_CONTRAST_SHIFT
     return clarity, shift
 

@@ -112,6 +112,11 @@ class Scene:
                      [replace(r) for r in self.relations])
 
 
+def shown_color(o: SceneObject) -> str:
+    """The colour name a viewer reads off a group: its tint once it is drawn more than half-way."""
+    return o.tint if o.tint and o.tint_amount > 0.5 else o.color
+
+
 def relation_holds(scene: Scene, subject: int, relation: str, reference: int) -> bool:
     """Whether the spatial relation is true of the scene's layout and order."""
     if relation in RELATIONS["row"]:
