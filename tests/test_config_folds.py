@@ -47,21 +47,27 @@ def test_real_experiment_configs(name):
     assert cfg.dataset.root == "input/evalmuse" and cfg.demo is None and cfg.folds.n_folds == 5
     for m in cfg.models:
         t = m.training_config(cfg.training)
-        assert "/" in m.path and not m.trust_remote_code, m.name
+        assert m.hub and "/" in m.path and not m.trust_remote_code, m.name
         assert (t.lora_r, t.lora_alpha, t.lr, t.vision_lr, t.global_batch, t.epochs) == (64, 128, 1e-4, 1e-5, 64, 3.0)
         assert (t.adam_beta1, t.adam_beta2, t.weight_decay, t.warmup_steps) == (0.9, 0.95, 0.05, 200)
     assert cfg.ensemble.base_models == [m.name for m in cfg.models]
 
 
-def test_qlora_needs_cuda():
+def test_qlora_keeps_the_vision_tower_unquantised():
+    """QLoRA quantises the language model only: the vision tower and projector are trained."""
     from tokenfocus.config import REPO_ROOT
-    from tokenfocus.models import load_model_adapter
+    from tokenfocus.models import qlora_config
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
+    pytest.importorskip("bitsandbytes")
     cfg = load_config(REPO_ROOT / "configs" / "internvl3_38b.yaml")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="qlora needs a CUDA GPU"):
-        load_model_adapter(cfg, cfg.models[0])
+    q = qlora_config(cfg.models[0])
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+    skip = q.llm_int8_skip_modules
+    assert not should_convert_module("model.vision_tower.encoder.layer.0.attention.q_proj", skip)
+    assert not should_convert_module("model.multi_modal_projector.linear_1", skip)
+    assert not should_convert_module("lm_head", skip)
+    assert should_convert_module("model.language_model.layers.0.self_attn.q_proj", skip)
 
 
 @pytest.mark.parametrize("text, msg", [
@@ -69,6 +75,12 @@ def test_qlora_needs_cuda():
     ("name: x\nfolds:\n  n_folds: five\n", "folds.n_folds: expected an integer"),
     ("name: x\ndataset:\n  rot: a\n", "dataset: unknown key(s) 'rot'"),
     ("name: [1\n", "invalid YAML"),
+    ("name: x\nfolds:\n  n_folds: 0\n", "folds.n_folds: 0 (needs at least 2"),
+    ("- a\n- b\n", "expected a mapping of settings at the top level, got list"),
+    ("just text\n", "expected a mapping of settings at the top level, got str"),
+    ("name: x\nmodels:\n  - {name: q, family: qwen2_5_vl, path: checkpoints/qwen-ft}\n",
+     "checkpoint directory not found"),
+    ("name: x\nmodels:\n  - {name: q, family: qwen2_5_vl, path: ./ckpt, hub: true}\n", "not a hub id"),
 ])
 def test_config_errors(tmp_path, text, msg):
     p = tmp_path / "c.yaml"

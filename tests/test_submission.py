@@ -203,7 +203,7 @@ def test_load_errors_name_the_file(tmp_path):
         load_json_records(tmp_path / "obj.json")
     with zipfile.ZipFile(tmp_path / "wrong.zip", "w") as zf:
         zf.writestr("sub/output.json", "[]")
-    with pytest.raises(SubmissionError, match="no output.json at the zip root"):
+    with pytest.raises(SubmissionError, match="missing output.json, readme.txt; unexpected sub/output.json"):
         load_submission(tmp_path / "wrong.zip")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_json_records(tmp_path / "missing.json")

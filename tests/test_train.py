@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tokenfocus import stages
-from tokenfocus.config import load_config
+from tokenfocus.config import ConfigError, load_config
 from tokenfocus.train import fold_questions, is_trained, model_dir, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,10 @@ models:
     family: qwen2_5_vl
     path: {repo}/input/pretrained/tiny-qwen2.5-vl
     training: {{packing: false}}
+  - name: qwen_qlora         # 4-bit base (bitsandbytes; its CPU backend here)
+    family: qwen2_5_vl
+    path: {repo}/input/pretrained/tiny-qwen2.5-vl
+    training: {{qlora: true}}
 training:
   lora_r: 4
   lora_alpha: 8
@@ -132,21 +136,73 @@ def test_finished_fold_is_skipped(cfg):
     assert (out / "train_done.json").stat().st_mtime_ns == before
 
 
+def test_changed_training_setting_stops_instead_of_reusing_the_adapter(cfg):
+    mcfg, tr, ev = _questions(cfg)
+    out = model_dir(cfg, "qwen", "mixed", 0)
+    if not is_trained(out):
+        train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    before = (out / "train_done.json").stat().st_mtime_ns
+    changed = mcfg.__class__(**{**mcfg.__dict__, "training": {"lr": 5e-4}})
+    with pytest.raises(ConfigError, match=r"training\.lr: 0\.001 then, 0\.0005 now"):
+        train_fold(cfg, changed, "mixed", 0, tr, ev)
+    assert (out / "train_done.json").stat().st_mtime_ns == before
+    # Settings that do not change the result (the scoring batch) keep the adapter.
+    train_fold(cfg, mcfg.__class__(**{**mcfg.__dict__, "training": {"eval_batch": 4}}), "mixed", 0, tr, ev)
+    assert (out / "train_done.json").stat().st_mtime_ns == before
+
+
+def test_qlora_path_trains_and_scores_on_a_4bit_base(cfg):
+    """training.qlora: the base is loaded in 4-bit NF4 (bitsandbytes), LoRA trains on top, and
+    the fold scores with its LoRA kept unmerged (the same code path as a GPU run)."""
+    from tokenfocus.infer import predict_questions_fast
+    from tokenfocus.models import load_model_adapter, load_trained
+    from tokenfocus.train import TokenFocusCollator
+
+    pytest.importorskip("bitsandbytes")
+    _, tr, ev = _questions(cfg)
+    mcfg = cfg.model("qwen_qlora")
+    out = train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    card = json.loads((out / "train_done.json").read_text())
+    assert card["global_step"] == 6 and card["training"]["qlora"] is True
+    assert any("lora_" in k for k in _weights(out))
+    base = load_model_adapter(cfg, mcfg)
+    assert getattr(base.model, "is_quantized", False)
+    adapter, model = load_trained(cfg, mcfg, out, base)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    tcfg = mcfg.training_config(cfg.training)
+    preds = predict_questions_fast(adapter, model, ev, cfg.image_dir, 8,
+                                   TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False), progress=False)
+    assert len(preds) == len(ev) and preds["pred"].notna().all()
+
+
+# Two CPU processes over gloo. accelerate launch runs multi-CPU jobs through mpirun only (without a
+# hostfile it starts one process); on GPUs it starts torchrun, which is what runs here.
+TWO_CPU_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="gloo processes")
 def test_two_processes_match_one(cfg, tmp_path):
-    """accelerate launch with 2 CPU processes (gloo): same global batch, same weights."""
+    """Two CPU processes (gloo, data parallel) train one fold: the global batch keeps its size
+    (half the accumulation per process; each process takes every other micro-batch of the same
+    order), so the run takes the same optimizer steps and ends at the same weights."""
     mcfg = cfg.model("qwen_nodrop")
-    single = _weights(train_fold(cfg, mcfg, "mixed", 1, *_fold1(cfg)))
+    single = train_fold(cfg, mcfg, "mixed", 1, *_fold1(cfg))
+    single_card = json.loads((single / "train_done.json").read_text())
+    before = _weights(single)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [*TWO_CPU_PROCESSES,
            str(REPO / "src" / "03_train.py"), "--config", cfg.source, "--model", "qwen_nodrop", "--fold", "1",
            "--force"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    double = _weights(model_dir(cfg, "qwen_nodrop", "mixed", 1))
-    for k in single:
-        torch.testing.assert_close(double[k], single[k], atol=1e-4, rtol=1e-3)
+    out = model_dir(cfg, "qwen_nodrop", "mixed", 1)
+    card = json.loads((out / "train_done.json").read_text())
+    assert (single_card["processes"], card["processes"]) == (1, 2)
+    assert card["global_step"] == single_card["global_step"] == 6
+    double = _weights(out)
+    assert double.keys() == before.keys()
+    for k in before:
+        torch.testing.assert_close(double[k], before[k], atol=1e-4, rtol=1e-3)
 
 
 def _fold1(cfg):
@@ -208,3 +264,46 @@ def test_folds_side_by_side_match_one_by_one(cfg):
         assert json.loads((model_dir(cfg, "qwen_nodrop", "mixed", k) / "train_done.json").read_text())["fold"] == k
         for name in here[k]:
             torch.testing.assert_close(side[name], here[k][name], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="gloo processes")
+def test_inference_shared_over_two_processes_matches_one(cfg, tmp_path):
+    """accelerate launch src/04_infer.py with 2 CPU processes: the (model, fold) units are split
+    between them and the dumps equal those of one process."""
+    import pandas as pd
+
+    path = tmp_path / "infer2.yaml"
+    path.write_text(f"""
+name: infer2
+output_root: {tmp_path / 'output'}
+dataset:
+  root: {cfg.data_root}
+models:
+  - name: qwen
+    family: qwen2_5_vl
+    path: {REPO}/input/pretrained/tiny-qwen2.5-vl
+    folds: [0, 1]
+zeroshot: false
+training: {{lora_r: 4, lora_alpha: 8, structural_drop_rate: 0.0, warmup_steps: 1, global_batch: 8,
+           per_device_batch: 4, max_steps: 2, save_steps: 2, eval_batch: 16, max_train_questions: 16}}
+""")
+    two = load_config(path)
+    stages.make_fold_file(two)
+    from tokenfocus.train import run_training
+
+    run_training(two)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [*TWO_CPU_PROCESSES,
+           str(REPO / "src" / "04_infer.py"), "--config", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 0 of 2 runs 1 of 2 units" in proc.stderr and "process 1 of 2 runs 1 of 2 units" in proc.stderr, proc.stderr[-6000:]
+    preds = two.exp_dir / "preds" / "qwen"
+    shared = {p.relative_to(preds): pd.read_parquet(p) for p in sorted(preds.rglob("*.parquet"))}
+    assert len(shared) == 8 and (two.exp_dir / "oof_scores.csv").is_file()
+    import shutil
+
+    shutil.rmtree(preds)
+    stages.run_inference(two)
+    for rel, df in shared.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(preds / rel), df, atol=1e-5)

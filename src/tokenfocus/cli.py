@@ -37,6 +37,15 @@ def _jobs(text: str):
     return value
 
 
+INTERRUPTED = 130   # the shell's code for a SIGINT
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line, no traceback; finished work is on disk and a re-run resumes from it."""
+    print("\ninterrupted; re-run the same command to resume (finished work is kept)", file=sys.stderr)
+    return INTERRUPTED
+
+
 def run_stage(fn: Callable, args: argparse.Namespace, **kwargs) -> int:
     setup_logging(args.verbose)
     try:
@@ -45,6 +54,8 @@ def run_stage(fn: Callable, args: argparse.Namespace, **kwargs) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     if isinstance(result, dict):
         print(json.dumps(result, indent=1, default=str))
     elif result is not None:

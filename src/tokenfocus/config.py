@@ -84,7 +84,8 @@ class TrainingConfig:
 class ModelConfig:
     name: str = ""                      # directory and dump name, e.g. 'qwen2_5_vl'
     family: str = ""                    # adapter: 'qwen2_5_vl' | 'internvl'
-    path: str = ""                      # local directory or hub id
+    path: str = ""                      # local directory (relative to the repository), or a hub id
+    hub: bool = False                   # path is a hub id ('owner/name'), fetched by from_pretrained
     trust_remote_code: bool = False     # explicit opt-in for remote-code checkpoints only
     dtype: str = "auto"                 # 'auto': bfloat16 on CUDA, float32 on CPU
     min_pixels: Optional[int] = None
@@ -282,8 +283,23 @@ def load_config(path: str | Path | None = None) -> Config:
         check_jobs(cfg.jobs, f"{path}: jobs")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _check_folds(cfg)
     _check_models(cfg)
     return cfg
+
+
+def settings_diff(made: dict, now: dict, prefix: str = "") -> list[str]:
+    """'<setting>: <then> then, <now> now' for every setting that differs between two records."""
+    return [f"{prefix}{k}: {made.get(k)!r} then, {now.get(k)!r} now"
+            for k in sorted(set(made) | set(now)) if made.get(k) != now.get(k)]
+
+
+def _check_folds(cfg: Config) -> None:
+    if cfg.folds.n_folds < 2:
+        raise ConfigError(f"{cfg.source}: folds.n_folds: {cfg.folds.n_folds} (needs at least 2: every image's "
+                          "out-of-fold prediction comes from a model trained on the other folds)")
+    if cfg.folds.n_bins < 1:
+        raise ConfigError(f"{cfg.source}: folds.n_bins: {cfg.folds.n_bins} (needs at least 1)")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -316,9 +332,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _is_local(path: str) -> bool:
-    # A hub id is 'owner/name'; anything starting like a filesystem path is local.
-    return path.startswith((".", "/", "~", "input/", "output/")) or Path(path).exists()
 
 
 def _check_models(cfg: Config) -> None:
@@ -343,9 +356,12 @@ def _check_models(cfg: Config) -> None:
         if m.family not in known:
             raise ConfigError(f"{where}.family: {m.family!r} unknown; known: {sorted(known)}")
         if not m.path:
-            raise ConfigError(f"{where}.path: required (local directory or hub id)")
-        if _is_local(m.path) and not cfg.path(m.path).is_dir():
-            raise ConfigError(f"{where}.path: checkpoint directory not found: {cfg.path(m.path)}")
+            raise ConfigError(f"{where}.path: required (local directory, or a hub id with hub: true)")
+        if not m.hub and not cfg.path(m.path).is_dir():
+            raise ConfigError(f"{where}.path: checkpoint directory not found: {cfg.path(m.path)} (if "
+                              f"{m.path!r} is a model hub id, mark it with 'hub: true')")
+        if m.hub and (Path(m.path).is_absolute() or m.path.startswith((".", "~"))):
+            raise ConfigError(f"{where}.path: {m.path!r} is a filesystem path, not a hub id; drop 'hub: true'")
         t = m.training_config(cfg.training, f"{cfg.source}: ")
         for fld, allowed in (("task_mode", ("mixed", "separate")), ("loss", ("mse", "soft_ce", "sft")),
                              ("bf16", ("auto", "true", "false")), ("gradient_checkpointing", ("auto", "true", "false"))):

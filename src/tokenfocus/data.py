@@ -120,10 +120,27 @@ def _element_dict(v: Any, path: str, idx: int) -> tuple[dict, bool]:
     raise _fail(path, idx, "element_score", f"expected a dict or a dict literal string, got {type(v).__name__}")
 
 
-def parse_records(raw: list, path: str = "<records>") -> tuple[pd.DataFrame, LoadReport]:
-    """Turn raw EvalMuse records (either form) into one row per image; see ``load_records``."""
+def _check_img_path(img_path: Any, path: str, idx: int) -> None:
+    if not isinstance(img_path, str) or not img_path:
+        raise _fail(path, idx, "img_path", f"expected a non-empty string, got {img_path!r}")
+    parts = img_path.replace("\\", "/").split("/")
+    if img_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", img_path) or ".." in parts:
+        raise _fail(path, idx, "img_path", f"{img_path!r} leaves the image folder (absolute or '..'); "
+                                           "image paths are relative to dataset.image_dir")
+
+
+def parse_records(raw: list, path: str = "<records>", *, labelled: bool = False,
+                  require_elements: bool = True) -> tuple[pd.DataFrame, LoadReport]:
+    """Turn raw EvalMuse records (either form) into one row per image; see ``load_records``.
+
+    ``labelled`` (the training file): every total and every element must carry its votes; a
+    null is an error naming the record and field, not an unlabelled record. ``require_elements``:
+    an empty ``element_score`` is an error (the dataset files; scoring one's own pairs may ask
+    for the total alone)."""
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+    if not raw:
+        raise DataError(f"{path}: the file holds an empty list (no records)")
     report = LoadReport(path=path)
     rows = []
     seen: dict[str, int] = {}
@@ -134,8 +151,7 @@ def parse_records(raw: list, path: str = "<records>") -> tuple[pd.DataFrame, Loa
             if fld not in rec:
                 raise _fail(path, idx, fld, "missing required field")
         img_path = rec["img_path"]
-        if not isinstance(img_path, str) or not img_path:
-            raise _fail(path, idx, "img_path", f"expected a non-empty string, got {img_path!r}")
+        _check_img_path(img_path, path, idx)
         if img_path in seen:
             raise _fail(path, idx, "img_path", f"duplicate of record {seen[img_path]} ({img_path!r})")
         seen[img_path] = idx
@@ -143,20 +159,30 @@ def parse_records(raw: list, path: str = "<records>") -> tuple[pd.DataFrame, Loa
             if not isinstance(rec[fld], (str, int)) or isinstance(rec[fld], bool):
                 raise _fail(path, idx, fld, f"expected a string, got {rec[fld]!r}")
         total, total_votes = _votes(rec["total_score"], path, idx, "total_score", *TOTAL_RANGE)
+        if labelled and total_votes is None and math.isnan(total):
+            raise _fail(path, idx, "total_score", "null in a training file: every training record needs its "
+                                                  "annotators' total scores")
         elems, was_string = _element_dict(rec["element_score"], path, idx)
         report.n_string_element_score += was_string
+        if require_elements and not elems:
+            raise _fail(path, idx, "element_score", "empty: a record needs at least one element")
+        n_ann = len(total_votes) if total_votes else 0
         keys, scores, elem_votes = [], {}, {}
         for key, val in elems.items():
             if not isinstance(key, str):
                 raise _fail(path, idx, "element_score", f"element key {key!r} is not a string")
-            mean, votes = _votes(val, path, idx, f"element_score[{key!r}]", *ELEMENT_RANGE)
+            fld = f"element_score[{key!r}]"
+            mean, votes = _votes(val, path, idx, fld, *ELEMENT_RANGE)
+            if labelled and math.isnan(mean):
+                raise _fail(path, idx, fld, "null in a training file: every element needs its annotators' votes")
+            if votes is not None and n_ann and len(votes) != n_ann:
+                raise _fail(path, idx, fld, f"{len(votes)} vote(s) but {n_ann} annotators gave the total")
             keys.append(key)
             scores[key] = mean
             elem_votes[key] = votes
         meta = {}
         for fld in META_FIELDS:
             meta[fld], _ = _votes(rec.get(fld), path, idx, fld, -1e9, 1e9)
-        n_ann = len(total_votes) if total_votes else 0
         if n_ann:
             report.annotator_counts[n_ann] = report.annotator_counts.get(n_ann, 0) + 1
         if math.isnan(total):
@@ -191,21 +217,17 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def load_records(path: str | Path, with_report: bool = False):
+def load_records(path: str | Path, with_report: bool = False, labelled: bool = False):
     """Load ``train_list.json`` (raw) or ``test.json`` (final phase): one row per image.
+    ``labelled``: every score must be present (the training file; see ``parse_records``).
 
     Columns: img_path, prompt_id, prompt, type, t2i_model, total_score (mean; NaN when
     unlabelled), total_votes, promt_meaningless, split_confidence, attribute_confidence,
     fidelity_label, element_keys (byte-exact, file order), element_scores (key -> mean),
     element_votes, n_annotators.
     """
-    df, report = parse_records(read_json(path), str(path))
+    df, report = parse_records(read_json(path), str(path), labelled=labelled)
     return (df, report) if with_report else df
-
-
-def load_truth(path: str | Path) -> pd.DataFrame:
-    """A truth or submission file (averaged scores) in the same row shape as ``load_records``."""
-    return load_records(path)
 
 
 def element_frame(records: pd.DataFrame) -> pd.DataFrame:

@@ -1,12 +1,94 @@
-"""Atomic writes: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic writes: a crash leaves either the old file or the new one, never half of one.
+
+Temporaries sit beside their target as ``.<name>.<pid>-<random>.tmp``. A process killed with
+``kill -9`` cannot remove its own; the next write of the same target removes those whose
+process is gone (``clean_stale``), so nothing accumulates. Directories (adapters, checkpoints)
+are published by ``atomic_dir``: the old directory is moved aside, the new one renamed into
+place, the old one deleted; a kill between the two renames leaves the old one aside, and
+``recover_dir`` (run by every publish and by the readers of finished work) puts it back.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+_ASIDE = "aside"   # the random part of a moved-aside old directory
+
+
+def _owner(tmp: Path, target: str) -> str | None:
+    """The '<pid>-<rest>' part of one of ``target``'s temporaries, or None if it is not one."""
+    name = tmp.name
+    head, tail = f".{target}.", ".tmp"
+    if not (name.startswith(head) and name.endswith(tail)):
+        return None
+    return name[len(head):-len(tail)]
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temporaries(path: Path) -> list[tuple[Path, int | None, str]]:
+    """(temporary, pid or None when unreadable, random part) of every temporary of ``path``."""
+    out = []
+    if not path.parent.is_dir():
+        return out
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        owner = _owner(tmp, path.name)
+        if owner is None:
+            continue
+        pid, _, rest = owner.partition("-")
+        out.append((tmp, int(pid) if pid.isdigit() else None, rest))
+    return out
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clean_stale(path: str | Path) -> int:
+    """Remove the temporaries of ``path`` left by processes that are gone; returns how many."""
+    path = Path(path)
+    recover_dir(path)
+    n = 0
+    for tmp, pid, _ in _temporaries(path):
+        if pid is None or not _alive(pid):
+            _remove(tmp)
+            n += 1
+    return n
+
+
+def recover_dir(path: str | Path) -> bool:
+    """Put back an old directory that a killed publish had moved aside (``path`` missing)."""
+    path = Path(path)
+    if path.exists():
+        return False
+    for tmp, pid, rest in _temporaries(path):
+        if rest == _ASIDE and (pid is None or not _alive(pid)):
+            os.replace(tmp, path)
+            return True
+    return False
+
+
+def _temp_name(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
 
 
 @contextlib.contextmanager
@@ -14,7 +96,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_name(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -27,6 +110,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; if the block succeeds it replaces
+    ``path`` so that at every instant either the old or the new directory is complete (the old
+    one, while moved aside, is put back by ``recover_dir`` if the process dies there)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(path), suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        aside = path.parent / f"{_temp_name(path)}{_ASIDE}.tmp"
+        if path.exists():
+            os.replace(path, aside)
+        os.replace(tmp, path)
+        _remove(aside)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -59,3 +163,11 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

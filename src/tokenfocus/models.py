@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,10 @@ log = logging.getLogger("tokenfocus")
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's device: its own GPU under a multi-process launcher (LOCAL_RANK), else cuda:0 / cpu."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
 def model_dtype(mcfg: ModelConfig) -> str:
@@ -23,9 +27,29 @@ def model_dtype(mcfg: ModelConfig) -> str:
 
 
 def base_path(cfg: Config, mcfg: ModelConfig) -> str:
-    """A local checkpoint resolved against the repository root, or the hub id as given."""
-    local = cfg.path(mcfg.path)
-    return str(local) if local.is_dir() else mcfg.path
+    """What from_pretrained gets: the hub id as written (``hub: true``), else the local directory."""
+    return mcfg.path if mcfg.hub else str(cfg.path(mcfg.path))
+
+
+def qlora_config(mcfg: ModelConfig):
+    """bitsandbytes 4-bit NF4 with double quantisation (QLoRA), computing in the model's dtype
+    (bfloat16 on a GPU; float32 on a CPU, where bitsandbytes' CPU backend runs it, slowly). The
+    vision tower, the projector and the LM head stay unquantised: the first two are fully
+    trained at vision_lr (a 4-bit weight cannot take gradients)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(f"model {mcfg.name}: qlora needs bitsandbytes (pip install -r requirements.txt "
+                           "installs it)") from None
+    from transformers import BitsAndBytesConfig
+
+    from .lvlm.base import adapter_class
+
+    # transformers matches these as regexes from the start of a module's full name.
+    keep = [rf"(.*\.)?{m}" for m in adapter_class(mcfg.family, mcfg.trust_remote_code).vision_modules] + ["lm_head"]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, model_dtype(mcfg)),
+                              llm_int8_skip_modules=keep)
 
 
 def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool | None = None):
@@ -38,13 +62,7 @@ def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool | None = None
     options = {k: v for k, v in (("min_pixels", mcfg.min_pixels), ("max_pixels", mcfg.max_pixels)) if v is not None}
     kwargs = {}
     if qlora:
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"model {mcfg.name}: qlora needs a CUDA GPU (bitsandbytes 4-bit)")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["quantization_config"] = qlora_config(mcfg)
     adapter = load_adapter(mcfg.family, base_path(cfg, mcfg), dtype=model_dtype(mcfg), device=device(),
                            trust_remote_code=mcfg.trust_remote_code, model_kwargs=kwargs, **options)
     log.info("loaded %s (%s) from %s: %.2fM parameters", mcfg.name, mcfg.family, mcfg.path,

@@ -5,7 +5,9 @@ about as long on two threads as on one, so two folds in two single-thread proces
 about half the time of one after the other. ``jobs`` sets how many units run at once ('auto':
 one per available core, at most one per unit), each process with ``cores // jobs`` threads.
 With a GPU, or inside a multi-process ``accelerate launch``, units run one after another in
-this process: the device (or the launcher) is what is shared out there.
+this process: the device (or the launcher) is what is shared out there. Units that are
+independent of each other (scoring) can instead be ``distribute``d over the launcher's
+processes: process r of w runs units r, r + w, ... (one GPU each).
 
 A unit is a module-level function and its arguments, which must pickle; each unit writes its
 own outputs atomically, so a crash or kill loses at most the units in flight, and a re-run skips
@@ -40,6 +42,20 @@ def check_jobs(value, where: str = "jobs") -> None:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return
     raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
+
+
+def launcher_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under ``accelerate launch`` / torchrun; (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_state():
+    """accelerate's view of this process among the launcher's (rank, count, barriers). Without a
+    GPU it must be told so: otherwise several CPU processes each take themselves for the only one."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _shared_device() -> bool:
@@ -102,13 +118,25 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
-def run_units(calls: Sequence[tuple[Callable, tuple]], jobs, desc: str, names: Sequence[str] | None = None) -> list:
+def run_units(calls: Sequence[tuple[Callable, tuple]], jobs, desc: str, names: Sequence[str] | None = None,
+              distribute: bool = False) -> list:
     """``[fn(*args) for fn, args in calls]``, up to ``jobs`` calls at once in worker processes.
 
     Results come back in the order of ``calls``; put the longest calls first. The first call
     that raises, or a Ctrl-C, ends the pool at once (the workers are terminated; the units they
     were running resume from their last checkpoint next time) and the exception is re-raised.
+    ``distribute`` under a multi-process launcher: this process runs only its share of the
+    calls (every process must pass the same list); the others' results are None here.
     """
+    rank, world = launcher_rank()
+    if distribute and world > 1:
+        mine = list(range(rank, len(calls), world))
+        log.info("%s: process %d of %d runs %d of %d units", desc, rank, world, len(mine), len(calls))
+        results: list = [None] * len(calls)
+        for i in mine:
+            fn, args = calls[i]
+            results[i] = fn(*args)
+        return results
     n = resolve_jobs(jobs, len(calls))
     if n == 1:
         return [fn(*args) for fn, args in calls]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import DataError, parse_records
+from .data import DataError, parse_records, read_json
 
 
 def pairs_from_file(path: Path) -> tuple[list[dict], Path]:
@@ -31,7 +31,7 @@ def pairs_from_file(path: Path) -> tuple[list[dict], Path]:
         raw = [{"img_path": r.img_path, "prompt": r.prompt, "elements": [e for e in r.elements.split("|") if e]}
                for r in df.itertuples()]
     else:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path)
         if not isinstance(raw, list):
             raise DataError(f"{path}: expected a JSON list of pairs")
     return [_as_record(r, i, str(path)) for i, r in enumerate(raw)], path.parent
@@ -46,7 +46,8 @@ def _as_record(r: dict, i: int, where: str) -> dict:
             **{k: r[k] for k in ("type", "promt_meaningless", "split_confidence", "attribute_confidence") if k in r}}
 
 
-def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress: bool = True) -> list[dict]:
+def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress: bool = True,
+                where: str = "pairs") -> list[dict]:
     """Every fold of ``model_name`` scores every question; fold predictions are averaged."""
     from .infer import predict_questions_fast
     from .models import load_model_adapter, load_trained
@@ -55,7 +56,7 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
 
     mcfg = cfg.model(model_name)
     tcfg = mcfg.training_config(cfg.training)
-    records, _ = parse_records(raw, "pairs")
+    records, _ = parse_records(raw, where, require_elements=False)
     for p in records["img_path"]:
         if not (image_dir / p).is_file():
             raise DataError(f"{image_dir / p}: image not found")
@@ -81,7 +82,7 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import USER_ERRORS
+    from .cli import USER_ERRORS, interrupted
     from .config import load_config
     from .stages import setup_logging
 
@@ -97,17 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         cfg = load_config(a.config)
+        where = "args"
         if a.pairs:
             raw, image_dir = pairs_from_file(a.pairs)
+            where = str(a.pairs)
         elif a.image and a.prompt:
             raw = [_as_record({"img_path": a.image.name, "prompt": a.prompt, "elements": a.element}, 0, "args")]
             image_dir = a.image.resolve().parent
         else:
             p.error("give --pairs, or --image with --prompt (and --element ...)")
-        scores = score_pairs(cfg, a.model, raw, image_dir)
+        scores = score_pairs(cfg, a.model, raw, image_dir, where=where)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     text = json.dumps(scores, indent=1, ensure_ascii=False)
     if a.out:
         from .io import write_text

@@ -7,16 +7,16 @@ outputs were made from: the first stage to read the training file records its sh
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .config import Config, ConfigError, check_inputs
+from .config import Config, ConfigError, check_inputs, settings_diff
 from .data import DataError, load_records, read_json
-from .io import write_csv, write_json
+from .io import file_sha256, write_csv, write_json
 
 log = logging.getLogger("tokenfocus")
 
@@ -28,11 +28,32 @@ def setup_logging(verbose: bool = False, level: int | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def _skip(outputs: list[Path], force: bool, stage: str) -> bool:
-    if not force and all(p.exists() for p in outputs):
-        log.info("%s: outputs exist, skipping (use --force to redo): %s", stage, outputs[0])
-        return True
-    return False
+SETTINGS_RECORD = "settings.json"
+
+
+def _skip(outputs: list[Path], force: bool, stage: str, cfg: Config | None = None,
+          settings: dict | None = None) -> bool:
+    """Whether the stage's outputs exist and may be kept. With ``settings`` (the config values
+    the outputs depend on), outputs made with other values stop the run with a message naming
+    each changed setting; ``record_settings`` stores them once the outputs are written."""
+    if force or not all(p.exists() for p in outputs):
+        return False
+    if settings is not None:
+        made = read_json(cfg.exp_dir / SETTINGS_RECORD).get(stage) if (cfg.exp_dir / SETTINGS_RECORD).is_file() else None
+        if made is None:  # made before settings were recorded: take them as made with these
+            record_settings(cfg, stage, settings)
+        elif made != settings:
+            changed = "; ".join(settings_diff(made, settings))
+            raise ConfigError(f"{cfg.source}: {changed} (since {outputs[0]} was made). Run this stage with "
+                              f"--force to redo it, and retrain what was made from it, or restore the setting")
+    log.info("%s: outputs exist, skipping (use --force to redo): %s", stage, outputs[0])
+    return True
+
+
+def record_settings(cfg: Config, stage: str, settings: dict) -> None:
+    path = cfg.exp_dir / SETTINGS_RECORD
+    stored = read_json(path) if path.is_file() else {}
+    write_json(path, {**stored, stage: settings})
 
 
 def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: int | None = None) -> str | None:
@@ -51,14 +72,6 @@ def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: in
 DATA_RECORD = "data.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_training_data(cfg: Config) -> None:
     """Refuse to go on when the experiment's outputs were made from another training file.
 
@@ -67,7 +80,7 @@ def check_training_data(cfg: Config) -> None:
     in ``<exp_dir>/data.json``; later calls compare.
     """
     record_path = cfg.exp_dir / DATA_RECORD
-    digest = _sha256(cfg.train_path)
+    digest = file_sha256(cfg.train_path)
     if record_path.is_file():
         stored = read_json(record_path)
         if stored.get("sha256") != digest:
@@ -81,13 +94,18 @@ def check_training_data(cfg: Config) -> None:
                              "bytes": cfg.train_path.stat().st_size})
 
 
-def load_split(cfg: Config, split: str) -> pd.DataFrame:
+def load_split(cfg: Config, split: str, record: bool = True) -> pd.DataFrame:
+    """The training ("train", every score required) or test records. The training file's sha256
+    is compared with (first time: recorded in) ``data.json`` only once the file has been read and
+    validated, so a rejected file leaves nothing behind; ``record=False`` (the validator) neither
+    compares nor writes."""
     check_inputs(cfg)
-    if split == "train":
-        check_training_data(cfg)
-    df, report = load_records(cfg.train_path if split == "train" else cfg.test_path, with_report=True)
+    train = split == "train"
+    df, report = load_records(cfg.train_path if train else cfg.test_path, with_report=True, labelled=train)
     for line in report.lines():
         log.info(line)
+    if train and record:
+        check_training_data(cfg)
     return df
 
 
@@ -99,7 +117,8 @@ def run_eda(cfg: Config, force: bool = False) -> str | None:
     if _skip([out / "summary.md"], force, "eda"):
         return None
     summary = eda(load_split(cfg, "train"), load_split(cfg, "test"), out)
-    return f"EDA: {len(summary.get('plots', []))} plots and summary.md in {out}"
+    n_plots = sum(f.endswith(".png") for f in summary["files"])
+    return f"EDA: {n_plots} plots and summary.md in {out}"
 
 
 def make_fold_file(cfg: Config, force: bool = False) -> pd.DataFrame:
@@ -107,11 +126,13 @@ def make_fold_file(cfg: Config, force: bool = False) -> pd.DataFrame:
     from .folds import check_folds, fold_table, make_folds
 
     train = load_split(cfg, "train")
-    if _skip([cfg.folds_path], force, "folds"):
+    settings = {f"folds.{k}": v for k, v in asdict(cfg.folds).items()}
+    if _skip([cfg.folds_path], force, "folds", cfg, settings):
         folds = pd.read_csv(cfg.folds_path, dtype={"prompt_id": str})
     else:
         folds = make_folds(train, cfg.folds.n_folds, cfg.folds.seed, cfg.folds.n_bins)
         write_csv(cfg.folds_path, folds)
+        record_settings(cfg, "folds", settings)
     check_folds(train, folds)
     table = fold_table(train, folds)
     write_csv(cfg.exp_dir / "fold_counts.csv", table)
@@ -200,7 +221,7 @@ def validate_dataset(cfg: Config, force: bool = False) -> dict:
     counts = {}
     bad: list[str] = []
     for split in ("train", "test"):
-        df = load_split(cfg, split)
+        df = load_split(cfg, split, record=False)
         counts[split] = len(df)
         bad += validate_images(df, cfg.image_dir)
     if bad:
@@ -212,13 +233,17 @@ def run_inference(cfg: Config, force: bool = False, jobs: int | str | None = Non
     """Stage 04: OOF and test dumps of the prior, every untuned base (zero-shot), every
     fine-tuned model and every ablation variant; oof_scores.csv, bagged test predictions and
     ablation.csv beside them. On a CPU, up to ``jobs`` (default: the config's) folds are scored
-    side by side (see ``tokenfocus.parallel``)."""
+    side by side (see ``tokenfocus.parallel``); under ``accelerate launch`` the (model, fold)
+    units are shared out over the processes (one GPU each) and the main process writes the
+    tables once all are done (the others return None)."""
     from .infer import bag_test, infer_model, model_dumps_done, oof_scores, zeroshot_model
     from .io import write_parquet
-    from .parallel import run_units
+    from .parallel import process_state, run_units
     from .train import model_folds
 
-    prior = run_prior_baseline(cfg, force=force)
+    state = process_state()  # several processes under accelerate launch: the units are shared out
+    with state.main_process_first():
+        prior = run_prior_baseline(cfg, force=force and state.is_main_process)
     preds_dir = cfg.exp_dir / "preds"
     calls, names = [], []
     # The zero-shot units (every record of one base) are the longest: they go first.
@@ -231,7 +256,11 @@ def run_inference(cfg: Config, force: bool = False, jobs: int | str | None = Non
             if force or not model_dumps_done(cfg, m.name, [k]):
                 calls.append((infer_model, (cfg, m, force, k)))
                 names.append(f"{m.name}/fold{k}")
-    run_units(calls, cfg.jobs if jobs is None else jobs, desc="score", names=names)
+    state.wait_for_everyone()  # every process has listed the same units before any is written
+    run_units(calls, cfg.jobs if jobs is None else jobs, desc="score", names=names, distribute=True)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
     full = ["prior"] + [m.name for m in cfg.models] + ([f"zeroshot_{m.name}" for m in cfg.models] if cfg.zeroshot else [])
     scores = oof_scores(preds_dir, full)
     write_csv(cfg.exp_dir / "oof_scores.csv", scores)

@@ -68,13 +68,32 @@ def load_submission(path: str | os.PathLike) -> list[dict]:
         return load_json_records(path / OUTPUT_JSON)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if OUTPUT_JSON not in names:
-                raise SubmissionError(
-                    f"{path}: no {OUTPUT_JSON} at the zip root (found: {', '.join(names) or 'nothing'})")
+            check_zip_layout(zf, path)
             text = zf.read(OUTPUT_JSON).decode("utf-8")
         return _parse_records(text, f"{path}:{OUTPUT_JSON}")
     return load_json_records(path)
+
+
+def check_zip_layout(zf: zipfile.ZipFile, path: str | os.PathLike) -> None:
+    """A challenge zip holds exactly output.json and readme.txt at its root, the readme in the
+    challenge's form (every field present, with a value): anything else is refused, as the
+    challenge's upload refuses it."""
+    names = sorted(zf.namelist())
+    expected = sorted((OUTPUT_JSON, README_TXT))
+    if names != expected:
+        missing = [n for n in expected if n not in names]
+        extra = [n for n in names if n not in expected]
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
+        raise SubmissionError(f"{path}: a submission zip holds exactly {OUTPUT_JSON} and {README_TXT} at its "
+                              f"root; {'; '.join(parts)}")
+    try:
+        readme = zf.read(README_TXT).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SubmissionError(f"{path}:{README_TXT}: not UTF-8 text") from None
+    try:
+        check_readme(readme)
+    except SubmissionError as e:
+        raise SubmissionError(f"{path}:{e}") from None
 
 
 def _parse_records(text: str, where: str) -> list[dict]:
@@ -310,12 +329,25 @@ def _format_runtime(seconds: float) -> str:
 
 
 def check_readme(text: str) -> None:
-    """Raise SubmissionError unless every field of the form is present, in order, one per line."""
+    """Raise SubmissionError unless every field of the form is present, in order, one per line,
+    each with a value (the flags 0 or 1, the runtime a number)."""
     lines = text.splitlines()
     if len(lines) != len(README_FIELDS) or not all(
             line.startswith(f"{label} :") for line, label in zip(lines, README_FIELDS)):
         expected = "\n".join(f"{label} : ..." for label in README_FIELDS)
-        raise SubmissionError(f"readme.txt is not in the challenge's form; expected:\n{expected}")
+        raise SubmissionError(f"{README_TXT} is not in the challenge's form; expected:\n{expected}")
+    values = [line[len(label) + 2:].strip() for line, label in zip(lines, README_FIELDS)]
+    try:
+        ok_runtime = math.isfinite(float(values[0])) and float(values[0]) >= 0
+    except ValueError:
+        ok_runtime = False
+    if not ok_runtime:
+        raise SubmissionError(f"{README_TXT}: '{README_FIELDS[0]}' needs a number of seconds, got {values[0]!r}")
+    for label, value in zip(README_FIELDS[1:4], values[1:4]):
+        if value not in ("0", "1"):
+            raise SubmissionError(f"{README_TXT}: '{label}' needs 1 or 0, got {value!r}")
+    if not values[4]:
+        raise SubmissionError(f"{README_TXT}: '{README_FIELDS[4]}' is empty")
 
 
 # --------------------------------------------------------------------------- writing

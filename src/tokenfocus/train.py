@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from . import loss as tf_loss
-from .config import Config, ModelConfig, TrainingConfig
-from .io import write_json
+from .config import Config, ConfigError, ModelConfig, TrainingConfig, settings_diff
+from .data import read_json
+from .io import atomic_dir, file_sha256, recover_dir, write_json
 from .infer import TASK_ID, label_logit_table
 from .questions import (ELEMENT, TOTAL, TASK_VALUES, build_questions, question_info, question_text,
                         question_text_with_info)
@@ -46,13 +47,33 @@ def model_dir(cfg: Config, model: str, task: str, fold: int) -> Path:
 
 
 def is_trained(path: Path) -> bool:
+    recover_dir(path)  # an adapter a killed publish had moved aside counts as the finished one
     return (path / "train_done.json").is_file()
 
 
-def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool) -> bool:
-    """True (and logged) when this fold's adapter is published and ``force`` is not set."""
-    if force or not is_trained(model_dir(cfg, model, task, fold)):
+# Settings that do not change what training produces (an adapter made with others is kept).
+NON_RESULT_SETTINGS = ("eval_batch", "dataloader_workers", "save_steps")
+
+
+def made_with(cfg: Config, tcfg: TrainingConfig) -> dict:
+    """What an adapter's result depends on besides its base: the training settings and the folds."""
+    settings = {f"training.{k}": v for k, v in asdict(tcfg).items() if k not in NON_RESULT_SETTINGS}
+    return {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
+
+
+def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool,
+                 tcfg: TrainingConfig | None = None) -> bool:
+    """True (and logged) when this fold's adapter is published and ``force`` is not set. With
+    ``tcfg``, an adapter made with other settings or other folds stops the run, naming them."""
+    out = model_dir(cfg, model, task, fold)
+    if force or not is_trained(out):
         return False
+    card = read_json(out / "train_done.json")
+    if tcfg is not None and "made_with" in card:
+        changed = settings_diff(card["made_with"], made_with(cfg, tcfg))
+        if changed:
+            raise ConfigError(f"{cfg.source}: {out} was trained with other settings: {'; '.join(changed)}. "
+                              "Retrain with --force (stage 03), or restore the settings")
     log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", model, task, fold)
     return True
 
@@ -203,21 +224,25 @@ def _trainer_class():
             # Two learning rates: the vision tower and projector at vision_lr, the rest at lr.
             if self.optimizer is None:
                 opt_model = self.model if model is None else model
-                decay = set(self.get_decay_parameter_names(opt_model))
-                groups: dict[tuple, list] = {}
-                for n, p in opt_model.named_parameters():
-                    if not p.requires_grad:
-                        continue
-                    vision = self.is_vision(n)
-                    key = (self.tf_cfg.vision_lr if vision else self.tf_cfg.lr,
-                           self.args.weight_decay if n in decay else 0.0)
-                    groups.setdefault(key, []).append(p)
-                params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+                params = optimizer_groups(opt_model, self.tf_cfg, self.is_vision,
+                                          set(self.get_decay_parameter_names(opt_model)), self.args.weight_decay)
                 self.optimizer = torch.optim.AdamW(params, lr=self.tf_cfg.lr,
                                                    betas=(self.tf_cfg.adam_beta1, self.tf_cfg.adam_beta2))
             return self.optimizer
 
     return TokenFocusTrainer
+
+
+def optimizer_groups(model, tcfg: TrainingConfig, is_vision, decay: set[str], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of stage 03: trainable vision-tower and projector parameters at
+    ``vision_lr``, the rest (LoRA) at ``lr``; weight decay only on the ``decay`` names."""
+    groups: dict[tuple, list] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (tcfg.vision_lr if is_vision(n) else tcfg.lr, weight_decay if n in decay else 0.0)
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
 def _auto(flag: str) -> bool:
@@ -250,6 +275,12 @@ def prepare_model(adapter, tcfg: TrainingConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_auto(tcfg.gradient_checkpointing))
+        # On a CPU, bitsandbytes repacks 4-bit weights for fast inference at the first eval-mode
+        # forward and never back, after which training steps fail: the epoch-end evaluation
+        # would break the next epoch. Training keeps the portable layout.
+        for m in model.modules():
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
     lcfg = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
                       target_modules=tcfg.lora_target or adapter.lora_target_regex,
                       modules_to_save=vision_modules(adapter) if tcfg.train_vision else None,
@@ -292,9 +323,9 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     from .models import load_model_adapter
 
     out = model_dir(cfg, mcfg.name, task, fold)
-    if skip_trained(cfg, mcfg.name, task, fold, force):
-        return out
     tcfg = mcfg.training_config(cfg.training)
+    if skip_trained(cfg, mcfg.name, task, fold, force, tcfg):
+        return out
     work = out.parent / f".work_fold{fold}"
     if force:
         # Redoing a fold: the old adapter must not pass for finished if this run dies.
@@ -309,9 +340,9 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",
              mcfg.name, task, fold, len(train_q), len(eval_q), n_train)
 
-    from accelerate import PartialState
+    from .parallel import process_state
 
-    world = PartialState().num_processes
+    world = process_state().num_processes
     packing = tcfg.packing and tcfg.loss != "sft"
     if packing:
         from .packed import check_backend
@@ -381,24 +412,21 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
                                       "task": task, "fold": fold, "train_questions": len(train_q),
                                       "eval_questions": len(eval_q), "train_runtime_s": result.metrics.get("train_runtime"),
                                       "train_loss": result.metrics.get("train_loss"),
-                                      "global_step": trainer.state.global_step, "training": asdict(tcfg)})
+                                      "global_step": trainer.state.global_step, "processes": world, "training": asdict(tcfg),
+                                      "made_with": made_with(cfg, tcfg)})
     trainer.accelerator.wait_for_everyone()
     return out
 
 
 def _publish(trainer, work: Path, out: Path, card: dict) -> None:
-    """Write the adapter beside the work dir, then rename it into place: all or nothing."""
-    tmp = out.parent / f".tmp_fold{card['fold']}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-    metrics = work / "metrics.jsonl"
-    if metrics.is_file():
-        shutil.copy(metrics, tmp / "metrics.jsonl")
-    write_json(tmp / "train_done.json", card)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    """Write the adapter beside the work dir, then swap it into place (``io.atomic_dir``): at
+    every instant the old adapter or the new one is complete."""
+    with atomic_dir(out) as tmp:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        metrics = work / "metrics.jsonl"
+        if metrics.is_file():
+            shutil.copy(metrics, tmp / "metrics.jsonl")
+        write_json(tmp / "train_done.json", card)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -441,7 +469,7 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
                 if fold is not None and k != fold:
                     continue
                 selected.append((mcfg.name, tname, k))
-                if not skip_trained(cfg, mcfg.name, tname, k, force):
+                if not skip_trained(cfg, mcfg.name, tname, k, force, tcfg):
                     tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
                     units.append((train_fold, (cfg, mcfg, tname, k, tr, ev, force)))
                     names.append(f"{mcfg.name}/{tname}/fold{k}")

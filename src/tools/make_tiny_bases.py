@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +57,7 @@ from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total  # noqa: E40
 from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate  # noqa: E402
 from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
 from tokenfocus.demo.scene import shown_color  # noqa: E402
-from tokenfocus.io import atomic_path  # noqa: E402
+from tokenfocus.io import atomic_dir, atomic_path  # noqa: E402
 from tokenfocus.lvlm import load_adapter  # noqa: E402
 
 IMAGE_SIZE = 112
@@ -397,17 +395,13 @@ BUILDERS = {"qwen2_5_vl": build_qwen, "internvl": build_internvl}
 
 
 def save_checkpoint(out: Path, model, tokenizer, image_processor, processor_config) -> None:
-    """save_pretrained of every part into a temp dir, then an atomic rename to `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    # What AutoProcessor reads on machines where the composite processor can be built.
-    (tmp / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    """save_pretrained of every part into a temporary directory, then swapped into place."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        # What AutoProcessor reads on machines where the composite processor can be built.
+        (tmp / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------- pre-training

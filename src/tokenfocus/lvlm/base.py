@@ -61,6 +61,13 @@ def families() -> list[str]:
     return sorted({family for family, _ in _REGISTRY})
 
 
+def adapter_class(family: str, remote_code: bool = False) -> type["LVLMAdapter"]:
+    """The adapter class registered for ``family`` (its parameter rules, model class)."""
+    if (family, remote_code) not in _REGISTRY:
+        raise ValueError(f"unknown LVLM family {family!r}{' (remote code)' if remote_code else ''}; known: {families()}")
+    return _REGISTRY[(family, remote_code)]
+
+
 def read_checkpoint_config(path: str) -> dict:
     """config.json of a local directory or hub id, as a dict (no model class needed)."""
     file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
@@ -90,11 +97,10 @@ def load_adapter(
     `model_kwargs` go to the model's ``from_pretrained`` (e.g. a bitsandbytes
     ``quantization_config``; a quantized model is placed with ``device_map``).
     """
-    if (family, False) not in _REGISTRY:
-        raise ValueError(f"unknown LVLM family {family!r}; known: {families()}")
+    adapter_class(family)
     if trust_remote_code and (family, True) not in _REGISTRY:
         raise ValueError(f"family {family!r} has no remote-code adapter; drop trust_remote_code")
-    cls = _REGISTRY[(family, trust_remote_code)]
+    cls = adapter_class(family, trust_remote_code)
     return cls.from_pretrained(path, dtype=dtype, device=device, model_kwargs=model_kwargs, **image_options)
 
 
@@ -127,7 +133,8 @@ class LVLMAdapter:
     model_class: ClassVar[Any] = None            # transformers class used by from_pretrained
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values this adapter serves
     lora_target_regex: ClassVar[str] = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
-    vision_param_patterns: ClassVar[tuple[str, ...]] = ()  # re.search on parameter names
+    # Module names of the vision tower and projector (trained at vision_lr, never quantised).
+    vision_modules: ClassVar[tuple[str, ...]] = ()
     image_option_names: ClassVar[tuple[str, ...]] = ()     # family resolution limits
     end_of_turn: ClassVar[str] = "<|im_end|>"
     image_block_end: ClassVar[str] = ""  # template text that closes the image block, if any
@@ -373,7 +380,7 @@ class LVLMAdapter:
 
     def is_vision_param(self, name: str) -> bool:
         """Whether a parameter belongs to the vision tower or projector (works on peft names)."""
-        return any(re.search(p, name) for p in self.vision_param_patterns)
+        return any(re.search(rf"(^|\.){re.escape(m)}\.", name) for m in self.vision_modules)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

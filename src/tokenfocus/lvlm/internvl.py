@@ -24,7 +24,7 @@ class InternVLAdapter(LVLMAdapter):
 
     model_class = InternVLForConditionalGeneration
     model_types = ("internvl",)
-    vision_param_patterns = (r"(^|\.)vision_tower\.", r"(^|\.)multi_modal_projector\.")
+    vision_modules = ("vision_tower", "multi_modal_projector")
     image_option_names = ("max_patches", "min_patches")
 
     def _token(self, name: str, default: str) -> str:
@@ -64,7 +64,7 @@ class InternVLRemoteAdapter(InternVLAdapter):
     model_types = ("internvl_chat",)
     lora_target_regex = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
                          r"|wqkv|wo|w1|w2|w3)")
-    vision_param_patterns = (r"(^|\.)vision_model\.", r"(^|\.)mlp1\.")
+    vision_modules = ("vision_model", "mlp1")
     system_message = ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
                       "多模态大语言模型。")
 

@@ -26,7 +26,7 @@ class Qwen25VLAdapter(LVLMAdapter):
 
     model_class = Qwen2_5_VLForConditionalGeneration
     model_types = ("qwen2_5_vl",)
-    vision_param_patterns = (r"(^|\.)visual\.",)
+    vision_modules = ("visual",)
     image_option_names = ("min_pixels", "max_pixels")
     image_block_end = "<|vision_end|>"
 
