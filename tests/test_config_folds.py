@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.folds import check_folds, fold_table, make_folds

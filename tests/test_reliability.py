@@ -13,7 +13,7 @@ from tokenfocus import stages
 from tokenfocus.cli import INTERRUPTED, run_stage, stage_parser
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.data import DataError, parse_records
-from tokenfocus.io import atomic_dir, clean_stale, recover_dir, write_csv, write_text
+from tokenfocus.io import atomic_dir, clean_stale, recover_dir, write_text
 from tokenfocus.submission import SubmissionError, load_submission, readme_text
 
 

@@ -6,10 +6,9 @@ import json
 import sys
 from typing import Callable
 
-from .config import ConfigError, load_config
+from .config import ConfigError, check_jobs, load_config
 from .data import DataError
-from .parallel import check_jobs
-from .stages import setup_logging
+from .log import setup_logging
 
 # Errors a user can fix: print the message, not a traceback.
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError)

@@ -16,7 +16,6 @@ import yaml
 
 from .demo.build import DemoSpec
 from .ensemble import EnsembleSettings
-from .parallel import check_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -268,6 +267,13 @@ def build(cls, data: Any, where: str):
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def check_jobs(value, where: str = "jobs") -> None:
+    """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
 
 
 def load_config(path: str | Path | None = None) -> Config:

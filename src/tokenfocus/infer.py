@@ -10,26 +10,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .batches import TokenFocusCollator, load_image
+from .dumps import dump_columns, dump_path, write_dump
+from .experiment import is_trained, load_folds, load_split, model_dir, model_folds
+from .fastscore import unsupported_reason
+from .loss import answer_label_logits
+from .metrics import score_frame
+from .models import load_model_adapter, load_trained
+from .packed import packed_image_logits
 from .parallel import in_worker
-from .questions import ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL
+from .questions import (ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL, ZEROSHOT_TOKENS, build_questions,
+                        label_logit_table, task_groups, zeroshot_question)
 
 log = logging.getLogger("tokenfocus")
-TASK_ID = {TOTAL: 0, ELEMENT: 1}
-
-
-def label_logit_table(adapter, task_tokens: dict[str, tuple[str | None, ...]] = TASK_LABELS
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All answer-token ids in one vector and, per task, which columns of it belong to the task,
-    in the order of the task's canonical labels (``task_tokens`` may spell them differently,
-    e.g. 'No'/'Yes' for a zero-shot '0'/'1'). A label spelled None has no token: its column is
-    -1 and its probability 0 (the VQAScore total puts P(No) on level 1 and P(Yes) on level 5)."""
-    tokens = sorted({lab for t in (TOTAL, ELEMENT) for lab in task_tokens[t] if lab is not None})
-    ids = torch.tensor(adapter.label_ids(tokens))
-    cols = {t: torch.tensor([-1 if lab is None else tokens.index(lab) for lab in task_tokens[t]])
-            for t in (TOTAL, ELEMENT)}
-    return ids, cols
-
-
 def task_probabilities(label_logits: torch.Tensor, tasks: list[str], cols: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """Per row: the softmax over its own task's label logits (float64 numpy); 0 for a label
     without a token."""
@@ -64,7 +57,6 @@ def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, 
                       collator, progress: bool = True, desc: str = "score",
                       task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS) -> pd.DataFrame:
     """One forward per question (batched), logits at the first answer position only."""
-    from .loss import answer_label_logits
 
     ids, cols = label_logit_table(adapter, task_tokens)
     was_training = model.training
@@ -92,7 +84,6 @@ def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, 
 
 def score_predictions(pred: pd.DataFrame) -> dict:
     """SRCC / PLCC / ACC / Final of a scored question table with targets."""
-    from .metrics import score_frame
 
     tot = pred[pred["task"] == TOTAL]
     el = pred[pred["task"] == ELEMENT]
@@ -119,9 +110,6 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
     path cannot serve (e.g. remote-code checkpoints) are scored by ``predict_questions``
     (``batch_size`` questions a forward).
     """
-    from .fastscore import unsupported_reason
-    from .packed import packed_image_logits
-    from .train import load_image
 
     reason = unsupported_reason(adapter, model)
     if reason is not None:
@@ -164,7 +152,6 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
 
 
 def _dumps_done(preds_dir: Path, model: str, tasks, fold: int) -> bool:
-    from .dumps import dump_path
 
     return all(dump_path(preds_dir, model, t, s, fold).is_file() for t in tasks for s in ("oof", "test"))
 
@@ -178,7 +165,6 @@ def model_dumps_done(cfg, name: str, folds) -> bool:
 def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, pd.DataFrame],
                      expected: dict[str, pd.DataFrame]) -> None:
     """Split scored question tables by task and write one checked dump per (task, split)."""
-    from .dumps import dump_columns, dump_path, write_dump
 
     for split, df in scored.items():
         for task, part in df.groupby("task"):
@@ -193,10 +179,6 @@ def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, p
 def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list[str]:
     """OOF and test dumps of every fold (or only ``fold``) of one fine-tuned model; returns what
     was written."""
-    from .models import load_trained
-    from .questions import build_questions
-    from .stages import load_folds, load_split
-    from .train import TokenFocusCollator, is_trained, model_dir, model_folds, task_groups
 
     tcfg = mcfg.training_config(cfg.training)
     train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")
@@ -228,10 +210,6 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
     ``Does the image show "<element text>"?`` per element, 1 + 4 P(Yes) to the same question
     about the whole prompt for the total; the same predictions serve as every fold's OOF and
     test dump."""
-    from .models import load_model_adapter
-    from .questions import ZEROSHOT_TOKENS, build_questions, zeroshot_question
-    from .stages import load_folds, load_split
-    from .train import TokenFocusCollator
 
     name = f"zeroshot_{mcfg.name}"
     preds_dir = cfg.exp_dir / "preds"

@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
+from .config import check_jobs  # noqa: F401  (the CLI's --jobs check)
+from .log import setup_logging
+
 log = logging.getLogger("tokenfocus")
 
 
@@ -35,13 +38,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def check_jobs(value, where: str = "jobs") -> None:
-    """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
 
 
 def launcher_rank() -> tuple[int, int]:
@@ -96,8 +92,6 @@ def _init_worker(threads: int, level: int, parent: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
     import torch
-
-    from .stages import setup_logging
 
     torch.set_num_threads(threads)
     setup_logging(level=level)

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .data import META_FIELDS, normalise_category, split_element_key
 from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, STRUCTURAL_FIELDS, TOTAL_LABELS, TOTAL_VALUES,
@@ -14,6 +15,25 @@ TOTAL, ELEMENT = "total", "element"
 TASK_LABELS = {TOTAL: TOTAL_LABELS, ELEMENT: ELEMENT_LABELS}
 TASK_VALUES = {TOTAL: TOTAL_VALUES, ELEMENT: ELEMENT_VALUES}
 INFO_COLUMNS = tuple(STRUCTURAL_FIELDS)
+TASK_ID = {TOTAL: 0, ELEMENT: 1}   # the task column of a batch (tf_task)
+
+
+def label_logit_table(adapter, task_tokens: dict[str, tuple[str | None, ...]] = TASK_LABELS
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All answer-token ids in one vector and, per task, which columns of it belong to the task,
+    in the order of the task's canonical labels (``task_tokens`` may spell them differently,
+    e.g. 'No'/'Yes' for a zero-shot '0'/'1'). A label spelled None has no token: its column is
+    -1 and its probability 0 (the VQAScore total puts P(No) on level 1 and P(Yes) on level 5)."""
+    tokens = sorted({lab for t in (TOTAL, ELEMENT) for lab in task_tokens[t] if lab is not None})
+    ids = torch.tensor(adapter.label_ids(tokens))
+    cols = {t: torch.tensor([-1 if lab is None else tokens.index(lab) for lab in task_tokens[t]])
+            for t in (TOTAL, ELEMENT)}
+    return ids, cols
+
+
+def task_groups(mode: str) -> dict[str, tuple[str, ...]]:
+    """Which question kinds each trained model answers: one mixed model, or one per kind."""
+    return {"mixed": (TOTAL, ELEMENT)} if mode == "mixed" else {TOTAL: (TOTAL,), ELEMENT: (ELEMENT,)}
 
 
 def _std(votes) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -52,7 +51,9 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
     from .infer import predict_questions_fast
     from .models import load_model_adapter, load_trained
     from .questions import TOTAL, build_questions
-    from .train import TokenFocusCollator, is_trained, model_dir, model_folds, task_groups
+    from .batches import TokenFocusCollator
+    from .experiment import is_trained, model_dir, model_folds
+    from .questions import task_groups
 
     mcfg = cfg.model(model_name)
     tcfg = mcfg.training_config(cfg.training)
@@ -84,7 +85,7 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
 def main(argv: list[str] | None = None) -> int:
     from .cli import USER_ERRORS, interrupted
     from .config import load_config
-    from .stages import setup_logging
+    from .log import setup_logging
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="experiment YAML whose trained folds to use (default: demo)")

@@ -15,20 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Config, ConfigError, check_inputs, settings_diff
-from .data import DataError, load_records, read_json
-from .io import file_sha256, write_csv, write_json
+from .data import DataError, read_json
+from .experiment import (DATA_RECORD, SETTINGS_RECORD, check_training_data, load_folds,  # noqa: F401
+                         load_split, record_settings)
+from .io import write_csv, write_json
+from .log import setup_logging  # noqa: F401  (the stage scripts' log format)
 
 log = logging.getLogger("tokenfocus")
 
 
-def setup_logging(verbose: bool = False, level: int | None = None) -> None:
-    """The stages' log format, at DEBUG when ``verbose``, else INFO, unless ``level`` is given."""
-    if level is None:
-        level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-
-
-SETTINGS_RECORD = "settings.json"
 
 
 def _skip(outputs: list[Path], force: bool, stage: str, cfg: Config | None = None,
@@ -50,12 +45,6 @@ def _skip(outputs: list[Path], force: bool, stage: str, cfg: Config | None = Non
     return True
 
 
-def record_settings(cfg: Config, stage: str, settings: dict) -> None:
-    path = cfg.exp_dir / SETTINGS_RECORD
-    stored = read_json(path) if path.is_file() else {}
-    write_json(path, {**stored, stage: settings})
-
-
 def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: int | None = None) -> str | None:
     """Stage 00: render the demo dataset into ``dataset.root`` (only for configs with ``demo:``)."""
     from dataclasses import replace
@@ -67,46 +56,6 @@ def make_demo(cfg: Config, force: bool = False, out: str | None = None, seed: in
         return None
     spec = cfg.demo if seed is None else replace(cfg.demo, seed=seed)
     return format_summary(make_demo_dataset(Path(out) if out else cfg.data_root, spec, force=force))
-
-
-DATA_RECORD = "data.json"
-
-
-def check_training_data(cfg: Config) -> None:
-    """Refuse to go on when the experiment's outputs were made from another training file.
-
-    Folds, adapters and predictions are kept between runs; made from other labels, they would be
-    joined to the new ones without any error. The first call records the training file's sha256
-    in ``<exp_dir>/data.json``; later calls compare.
-    """
-    record_path = cfg.exp_dir / DATA_RECORD
-    digest = file_sha256(cfg.train_path)
-    if record_path.is_file():
-        stored = read_json(record_path)
-        if stored.get("sha256") != digest:
-            raise DataError(
-                f"{cfg.exp_dir}: its outputs were made from another {cfg.train_path.name} (sha256 "
-                f"{str(stored.get('sha256'))[:12]} then, {digest[:12]} now: {cfg.train_path}); folds, "
-                f"adapters and predictions would not match the labels. Remove {cfg.exp_dir} (or rename "
-                f"the experiment) and run again; to keep them anyway, delete {record_path}")
-        return
-    write_json(record_path, {"train_file": str(cfg.train_path), "sha256": digest,
-                             "bytes": cfg.train_path.stat().st_size})
-
-
-def load_split(cfg: Config, split: str, record: bool = True) -> pd.DataFrame:
-    """The training ("train", every score required) or test records. The training file's sha256
-    is compared with (first time: recorded in) ``data.json`` only once the file has been read and
-    validated, so a rejected file leaves nothing behind; ``record=False`` (the validator) neither
-    compares nor writes."""
-    check_inputs(cfg)
-    train = split == "train"
-    df, report = load_records(cfg.train_path if train else cfg.test_path, with_report=True, labelled=train)
-    for line in report.lines():
-        log.info(line)
-    if train and record:
-        check_training_data(cfg)
-    return df
 
 
 def run_eda(cfg: Config, force: bool = False) -> str | None:
@@ -137,12 +86,6 @@ def make_fold_file(cfg: Config, force: bool = False) -> pd.DataFrame:
     table = fold_table(train, folds)
     write_csv(cfg.exp_dir / "fold_counts.csv", table)
     return table
-
-
-def load_folds(cfg: Config) -> pd.DataFrame:
-    if not cfg.folds_path.is_file():
-        raise FileNotFoundError(f"{cfg.folds_path}: not found (run stage 02 first)")
-    return pd.read_csv(cfg.folds_path, dtype={"prompt_id": str})
 
 
 def load_truth_records(cfg: Config) -> list[dict] | None:

@@ -9,46 +9,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from . import loss as tf_loss
 from .config import Config, ConfigError, ModelConfig, TrainingConfig, settings_diff
 from .data import read_json
-from .io import atomic_dir, file_sha256, recover_dir, write_json
-from .infer import TASK_ID, label_logit_table
-from .questions import (ELEMENT, TOTAL, TASK_VALUES, build_questions, question_info, question_text,
-                        question_text_with_info)
+from .io import atomic_dir, file_sha256, write_json
+from .batches import ImageDataset, QuestionDataset, TokenFocusCollator
+from .experiment import is_trained, load_folds, load_split, model_dir, model_folds
+from .infer import evaluate_questions
+from .models import load_model_adapter
+from .packed import check_backend, packed_label_logits
+from .parallel import process_state, run_units
+from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, build_questions, label_logit_table, task_groups
 
 log = logging.getLogger("tokenfocus")
 
 # Errors are measured on a 0..1 scale for both kinds of question, so that a mixed model
 # weighs a total-score error of one level like an element error of a quarter vote.
 TASK_RANGE = {TOTAL: 4.0, ELEMENT: 1.0}
-
-
-def task_groups(mode: str) -> dict[str, tuple[str, ...]]:
-    """Which question kinds each trained model answers: one mixed model, or one per kind."""
-    return {"mixed": (TOTAL, ELEMENT)} if mode == "mixed" else {TOTAL: (TOTAL,), ELEMENT: (ELEMENT,)}
-
-
-def model_folds(cfg: Config, mcfg: ModelConfig) -> list[int]:
-    return list(mcfg.folds) if mcfg.folds is not None else list(range(cfg.folds.n_folds))
-
-
-def model_dir(cfg: Config, model: str, task: str, fold: int) -> Path:
-    return cfg.exp_dir / "models" / model / task / f"fold{fold}"
-
-
-def is_trained(path: Path) -> bool:
-    recover_dir(path)  # an adapter a killed publish had moved aside counts as the finished one
-    return (path / "train_done.json").is_file()
 
 
 # Settings that do not change what training produces (an adapter made with others is kept).
@@ -78,104 +62,6 @@ def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool,
     return True
 
 
-class QuestionDataset(torch.utils.data.Dataset):
-    """Questions with their targets; images are read when the collator needs them."""
-
-    def __init__(self, questions: pd.DataFrame, image_dir: Path):
-        self.q = questions.reset_index(drop=True)
-        self.image_dir = Path(image_dir)
-
-    def __len__(self) -> int:
-        return len(self.q)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**self.q.iloc[i].to_dict(), "_row": i}
-
-
-def load_image(image_dir: Path, img_path: str):
-    from PIL import Image
-
-    with Image.open(Path(image_dir) / img_path) as im:
-        return im.convert("RGB")
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """One item per image: all of its questions (packed training), in table order."""
-
-    def __init__(self, questions: pd.DataFrame):
-        q = questions.reset_index(drop=True)
-        self.groups = [idx.tolist() for _, idx in q.groupby("img_path", sort=False).groups.items()]
-        self.q = q
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, i: int) -> dict:
-        rows = [{**self.q.iloc[j].to_dict(), "_row": j} for j in self.groups[i]]
-        return {"_image": i, "rows": rows}
-
-
-class TokenFocusCollator:
-    """Builds one batch: chat inputs from the adapter, plus task ids and targets.
-
-    Which structural fields a question loses is drawn from (seed, epoch, row), not from a
-    running generator, so a resumed run and every process of a distributed one ask exactly
-    the questions an uninterrupted single-process run asks.
-    """
-
-    epoch = 0
-
-    def __init__(self, adapter, image_dir: Path, tcfg: TrainingConfig, train: bool = True,
-                 question_fn=question_text):
-        self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
-        self.question_fn = question_fn
-
-    def _rng(self, row: dict):
-        return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
-
-    def __call__(self, rows: list[dict]) -> dict:
-        if rows and "rows" in rows[0]:
-            return self.packed(rows)
-        drop = self.tcfg.structural_drop_rate if self.train else 0.0
-        questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
-        images = [load_image(self.image_dir, r["img_path"]) for r in rows]
-        # Scoring reads the first answer position, so only training appends the answer.
-        answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
-        batch = dict(self.adapter.encode(images, questions, answers=answers))
-        batch.update(self._targets(rows))
-        return batch
-
-    def packed(self, items: list[dict]) -> dict:
-        """A packed batch (``tokenfocus.packed``): one sequence per image. The structural fields a
-        question loses are drawn once per image, from (seed, epoch, image), since its questions
-        share the prefix that holds them."""
-        from .packed import pack_batch
-
-        drop = self.tcfg.structural_drop_rate if self.train else 0.0
-        questions = []
-        for item in items:
-            rng = np.random.default_rng((self.tcfg.seed, self.epoch, item["_image"])) if self.train else None
-            info = question_info(item["rows"][0], self.tcfg.structural, drop, rng)
-            questions.append([question_text_with_info(r, info) for r in item["rows"]])
-        images = [load_image(self.image_dir, item["rows"][0]["img_path"]) for item in items]
-        batch = pack_batch(self.adapter, images, questions)
-        batch.update(self._targets([r for item in items for r in item["rows"]]))
-        return batch
-
-    @staticmethod
-    def _targets(rows: list[dict]) -> dict:
-        return {"tf_task": torch.tensor([TASK_ID[r["task"]] for r in rows]),
-                "tf_target": torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32),
-                "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
-
-
-def sft_answer(row: dict) -> str:
-    """The label a plain SFT model is taught: the rounded mean, as one label token."""
-    if row["task"] == TOTAL:
-        return str(int(np.clip(np.floor(row["target"] + 0.5), 1, 5)))
-    return "1" if row["target"] >= 0.5 else "0"
-
-
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,
                      std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE)."""
@@ -198,7 +84,6 @@ def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: tor
 def _trainer_class():
     from transformers import Trainer
 
-    from .packed import packed_label_logits
 
     class TokenFocusTrainer(Trainer):
         """Trainer whose loss reads the label tokens at the first answer position only."""
@@ -319,8 +204,6 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .infer import evaluate_questions
-    from .models import load_model_adapter
 
     out = model_dir(cfg, mcfg.name, task, fold)
     tcfg = mcfg.training_config(cfg.training)
@@ -340,12 +223,10 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",
              mcfg.name, task, fold, len(train_q), len(eval_q), n_train)
 
-    from .parallel import process_state
 
     world = process_state().num_processes
     packing = tcfg.packing and tcfg.loss != "sft"
     if packing:
-        from .packed import check_backend
 
         check_backend(model)
         dataset = ImageDataset(train_q)
@@ -451,8 +332,6 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
                  fold: int | None = None, jobs: int | str | None = None) -> pd.DataFrame:
     """Stage 03: every (model, task, fold) of the config, or the one selected; on a CPU up to
     ``jobs`` (default: the config's) folds train side by side (see ``tokenfocus.parallel``)."""
-    from .parallel import run_units
-    from .stages import load_folds, load_split
 
     train, folds = load_split(cfg, "train"), load_folds(cfg)
     models = [cfg.model(model)] if model else cfg.models + cfg.ablation_models()

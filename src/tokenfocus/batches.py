@@ -1,0 +1,109 @@
+"""Batches: the datasets (one question per item, or one image with all its questions), image
+loading, and the collator that turns rows of the question table into model inputs and targets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import TrainingConfig
+from .packed import pack_batch
+from .questions import TASK_ID, TOTAL, question_info, question_text, question_text_with_info
+
+
+class QuestionDataset(torch.utils.data.Dataset):
+    """Questions with their targets; images are read when the collator needs them."""
+
+    def __init__(self, questions: pd.DataFrame, image_dir: Path):
+        self.q = questions.reset_index(drop=True)
+        self.image_dir = Path(image_dir)
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.q.iloc[i].to_dict(), "_row": i}
+
+
+def load_image(image_dir: Path, img_path: str):
+    from PIL import Image
+
+    with Image.open(Path(image_dir) / img_path) as im:
+        return im.convert("RGB")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """One item per image: all of its questions (packed training), in table order."""
+
+    def __init__(self, questions: pd.DataFrame):
+        q = questions.reset_index(drop=True)
+        self.groups = [idx.tolist() for _, idx in q.groupby("img_path", sort=False).groups.items()]
+        self.q = q
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        rows = [{**self.q.iloc[j].to_dict(), "_row": j} for j in self.groups[i]]
+        return {"_image": i, "rows": rows}
+
+
+class TokenFocusCollator:
+    """Builds one batch: chat inputs from the adapter, plus task ids and targets.
+
+    Which structural fields a question loses is drawn from (seed, epoch, row), not from a
+    running generator, so a resumed run and every process of a distributed one ask exactly
+    the questions an uninterrupted single-process run asks.
+    """
+
+    epoch = 0
+
+    def __init__(self, adapter, image_dir: Path, tcfg: TrainingConfig, train: bool = True,
+                 question_fn=question_text):
+        self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
+        self.question_fn = question_fn
+
+    def _rng(self, row: dict):
+        return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if rows and "rows" in rows[0]:
+            return self.packed(rows)
+        drop = self.tcfg.structural_drop_rate if self.train else 0.0
+        questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
+        images = [load_image(self.image_dir, r["img_path"]) for r in rows]
+        # Scoring reads the first answer position, so only training appends the answer.
+        answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
+        batch = dict(self.adapter.encode(images, questions, answers=answers))
+        batch.update(self._targets(rows))
+        return batch
+
+    def packed(self, items: list[dict]) -> dict:
+        """A packed batch (``tokenfocus.packed``): one sequence per image. The structural fields a
+        question loses are drawn once per image, from (seed, epoch, image), since its questions
+        share the prefix that holds them."""
+        drop = self.tcfg.structural_drop_rate if self.train else 0.0
+        questions = []
+        for item in items:
+            rng = np.random.default_rng((self.tcfg.seed, self.epoch, item["_image"])) if self.train else None
+            info = question_info(item["rows"][0], self.tcfg.structural, drop, rng)
+            questions.append([question_text_with_info(r, info) for r in item["rows"]])
+        images = [load_image(self.image_dir, item["rows"][0]["img_path"]) for item in items]
+        batch = pack_batch(self.adapter, images, questions)
+        batch.update(self._targets([r for item in items for r in item["rows"]]))
+        return batch
+
+    @staticmethod
+    def _targets(rows: list[dict]) -> dict:
+        return {"tf_task": torch.tensor([TASK_ID[r["task"]] for r in rows]),
+                "tf_target": torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32),
+                "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
+
+
+def sft_answer(row: dict) -> str:
+    """The label a plain SFT model is taught: the rounded mean, as one label token."""
+    if row["task"] == TOTAL:
+        return str(int(np.clip(np.floor(row["target"] + 0.5), 1, 5)))
+    return "1" if row["target"] >= 0.5 else "0"
