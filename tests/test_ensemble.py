@@ -9,7 +9,7 @@ from tokenfocus.baseline import fit_prior, predict_questions
 from tokenfocus.data import parse_records, question_frame
 from tokenfocus.dumps import DumpError, dump_path, write_dump
 from tokenfocus.ensemble import (EnsembleSettings, apply_threshold, ceiling_metrics, fit_blend,
-                                 fit_calibration, fit_meta, fit_threshold, load_dumps,
+                                 fit_meta, fit_threshold, load_dumps,
                                  nested_blend_predict, nested_cv_predict, run_ensemble,
                                  score_questions)
 from tokenfocus.folds import make_folds
@@ -245,11 +245,6 @@ def test_fit_threshold_finds_the_shift():
     acc = lambda p: np.mean((p >= 0.5) == (target >= 0.5))  # noqa: E731
     assert acc(apply_threshold(pred, t)) > acc(pred) + 0.1
     assert fit_threshold(np.array([0.2, 0.8]), np.array([0.0, 1.0])) == 0.5  # ties go to 0.5
-
-
-def test_fit_calibration_is_linear():
-    x = np.linspace(0, 1, 50)
-    assert fit_calibration(x, 1 + 4 * x) == pytest.approx((4.0, 1.0))
 
 
 def test_ceiling_metrics_forms():

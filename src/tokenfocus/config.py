@@ -10,12 +10,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import yaml
 
 from .demo.build import DemoSpec
-from .ensemble import EnsembleSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -23,6 +22,64 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 class ConfigError(ValueError):
     """A configuration problem: names the file and the offending key."""
+
+
+@dataclass
+class EnsembleSettings:
+    """What to stack and how; the defaults run the demo in about a minute on 2 CPU cores."""
+
+    base_models: list[str] | None = None   # stacked; None: every model found that is no baseline
+    baselines: list[str] | None = None     # leaderboard rows only; None: 'prior' and 'zeroshot_*'
+    meta_models: list[str] = field(default_factory=lambda: ["xgboost", "lightgbm"])
+    n_estimators: int = 300                # cap; the inner CV picks the number actually used
+    learning_rate: float = 0.05
+    max_depth: int = 3                     # xgboost
+    num_leaves: int = 15                   # lightgbm
+    min_child_samples: int = 20
+    subsample: float = 0.8
+    colsample: float = 0.8
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 30
+    inner_cv: bool = True
+    # T2I model and prompt type: 'auto' drops them when the test hides them, 'use' keeps them,
+    # 'drop' never uses them, 'mask' trains on every row twice, with and without them.
+    structural: str = "auto"
+    # Meta-model test inputs: 'per_fold' scores each fold model's test predictions and averages
+    # (the same input distribution as OOF); 'bagged' scores the fold-averaged predictions.
+    test_inputs: str = "per_fold"
+    seed: int = 1234
+    n_jobs: int = 1                        # demo-sized data: threads cost more than they save
+    runtime_per_image: float | None = None  # readme value; None: this stage's time per test image
+    non_llm_models: list[str] = field(default_factory=lambda: ["prior"])
+    plots: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"structural": ("auto", "use", "drop", "mask"), "test_inputs": ("per_fold", "bagged")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ensemble settings: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        bad = [m for m in self.meta_models if m not in ("xgboost", "lightgbm")]
+        if bad or not self.meta_models:
+            raise ValueError(f"ensemble settings: meta_models must be a non-empty subset of "
+                             f"['xgboost', 'lightgbm'], got {self.meta_models!r}")
+
+    @classmethod
+    def coerce(cls, value: Any = None) -> "EnsembleSettings":
+        """Settings from None (defaults), an instance, another dataclass or a mapping (unknown keys refused)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"ensemble settings: expected a mapping, got {type(value).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"ensemble settings: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(value))
 
 
 @dataclass
