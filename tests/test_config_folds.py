@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,13 @@ def test_check_folds_detects_leak():
         check_folds(rec, leaked)
     with pytest.raises(ValueError, match="have no fold"):
         check_folds(rec, folds.iloc[1:])
+
+
+def test_command_line_overrides_are_validated_like_the_file():
+    cfg = load_config(None, ["training.lr=2e-4", "folds.n_folds=3", "name=other"])
+    assert (cfg.training.lr, cfg.folds.n_folds, cfg.name) == (2e-4, 3, "other")
+    assert cfg.models[0].path == load_config().models[0].path          # the rest as in the file
+    for bad, msg in (("training.lr", "expected KEY=VALUE"), ("training.bogus=1", "unknown key(s) 'bogus'"),
+                     ("folds.n_folds=0", "folds.n_folds: 0"), ("training.lr=abc", "training.lr")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_config(None, [bad])

@@ -18,6 +18,8 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="experiment YAML (default: configs/demo.yaml)")
     p.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config setting, e.g. --set training.lr=2e-4 (repeatable; validated like the file)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -48,7 +50,7 @@ def interrupted() -> int:
 def run_stage(fn: Callable, args: argparse.Namespace, **kwargs) -> int:
     setup_logging(args.verbose)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, getattr(args, "set", None))
         result = fn(cfg, force=args.force, **kwargs)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -333,12 +333,41 @@ def check_jobs(value, where: str = "jobs") -> None:
     raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Load and validate a YAML experiment config (default: configs/demo.yaml)."""
+def parse_overrides(items: list[str] | None, where: str = "--set") -> dict:
+    """``["training.lr=2e-4", "folds.n_folds=3"]`` -> a nested mapping (values read as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or any(not k for k in key.strip().split(".")):
+            raise ConfigError(f"{where} {item!r}: expected KEY=VALUE, e.g. training.lr=2e-4")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where} {item!r}: value is not valid YAML: {e}") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads '2e-4' as text; a number is meant
+            for number in (int, float):
+                try:
+                    parsed = number(parsed)
+                    break
+                except ValueError:
+                    pass
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where} {item!r}: {k} was given a value above")
+        node[leaf] = parsed
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a YAML experiment config (default: configs/demo.yaml). ``overrides``
+    (``KEY=VALUE`` with dotted keys, from ``--set``) are merged over the file and validated like it."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    data = _read_yaml(path)
+    data = _merge(_read_yaml(path), parse_overrides(overrides))
     data.pop("source", None)
     cfg = build(Config, data, str(path))
     cfg.source = str(path)
