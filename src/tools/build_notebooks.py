@@ -452,7 +452,8 @@ TRAIN = [
     '''),
     code('''
     from tokenfocus.data import load_records
-    from tokenfocus.train import fold_questions, task_groups
+    from tokenfocus.questions import task_groups
+    from tokenfocus.train import fold_questions
 
     mcfg = cfg.models[0]
     tcfg = mcfg.training_config(cfg.training)
@@ -492,7 +493,7 @@ TRAIN = [
     import transformers
 
     from tokenfocus.models import load_model_adapter
-    from tokenfocus.train import load_image
+    from tokenfocus.batches import load_image
 
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -518,7 +519,7 @@ TRAIN = [
     is why nothing hard-codes them.
     '''),
     code('''
-    from tokenfocus.infer import label_logit_table
+    from tokenfocus.questions import label_logit_table
     from tokenfocus.questions import TASK_LABELS
 
     rows = []
@@ -543,7 +544,8 @@ TRAIN = [
     from tokenfocus.infer import task_probabilities
     from tokenfocus.loss import answer_label_logits
     from tokenfocus.questions import build_questions
-    from tokenfocus.train import TokenFocusCollator, token_focus_loss
+    from tokenfocus.batches import TokenFocusCollator
+    from tokenfocus.train import token_focus_loss
 
     if have_folds:
         rows = build_questions(train[train["img_path"] == example["img_path"]]).to_dict("records")
@@ -613,7 +615,7 @@ TRAIN = [
     started.
     '''),
     code('''
-    from tokenfocus.train import is_trained, model_dir, model_folds
+    from tokenfocus.experiment import is_trained, model_dir, model_folds
 
     status = []
     for m in cfg.models + cfg.ablation_models():
@@ -739,7 +741,7 @@ INFER = [
     '''),
     code('''
     from tokenfocus.dumps import dump_path, read_dump
-    from tokenfocus.ensemble import load_dumps
+    from tokenfocus.dumps import load_dumps
 
     if not inventory.empty:
         shown = trained_models[0] if trained_models else inventory["model"].iloc[0]
@@ -867,10 +869,13 @@ INFER = [
 
     from tokenfocus.data import load_records
     from tokenfocus.fastscore import naive_label_logits, prefix_label_logits
-    from tokenfocus.infer import label_logit_table, task_probabilities
+    from tokenfocus.infer import task_probabilities
+    from tokenfocus.questions import label_logit_table
     from tokenfocus.models import load_model_adapter, load_trained
     from tokenfocus.questions import build_questions, question_text
-    from tokenfocus.train import is_trained, load_image, model_dir, task_groups
+    from tokenfocus.batches import load_image
+    from tokenfocus.experiment import is_trained, model_dir
+    from tokenfocus.questions import task_groups
 
     transformers.utils.logging.disable_progress_bar()
     mcfg = cfg.models[0]
@@ -924,7 +929,7 @@ ENSEMBLE = [
     md('''
     # 05 · Bagging, stacking, blending and the submission
 
-    **Stage:** `src/05_ensemble.py` → `tokenfocus.ensemble.run_ensemble`. **Reads:** every dump
+    **Stage:** `src/05_ensemble.py` → `tokenfocus.ensemble.stage.run_ensemble`. **Reads:** every dump
     under `output/demo/preds/`. **Writes:** `leaderboard.csv`, `ensemble/` (plots, per-method
     predictions, `ensemble.json`) and `submission/submission.zip` (the best method by OOF Final).
 
