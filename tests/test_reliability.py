@@ -211,3 +211,21 @@ def test_eda_reports_the_plots_it_wrote(demo_cfg):
     msg = stages.run_eda(demo_cfg, force=True)
     n = len(list((demo_cfg.exp_dir / "eda").glob("*.png")))
     assert n > 0 and msg.startswith(f"EDA: {n} plots")
+
+
+def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(capsys):
+    from tokenfocus.errors import InputError
+
+    def bad_input(cfg, force=False):
+        raise InputError("x.json: record 3, field 'total_score': null")
+
+    def bug(cfg, force=False):
+        raise ValueError("a real bug")
+
+    args = stage_parser("x").parse_args([])
+    assert run_stage(bad_input, args) == 2
+    assert capsys.readouterr().err.strip() == "error: x.json: record 3, field 'total_score': null"
+    with pytest.raises(ValueError, match="a real bug"):
+        run_stage(bug, args)
+    for cls in (ConfigError, DataError, SubmissionError):
+        assert issubclass(cls, InputError)

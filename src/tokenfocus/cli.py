@@ -6,12 +6,12 @@ import json
 import sys
 from typing import Callable
 
-from .config import ConfigError, check_jobs, load_config
-from .data import DataError
+from .config import check_jobs, load_config
+from .errors import InputError
 from .log import setup_logging
 
-# Errors a user can fix: print the message, not a traceback.
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError)
+# Errors a user can fix: print the message, not a traceback (anything else is a bug and keeps it).
+USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
 
 
 def stage_parser(doc: str) -> argparse.ArgumentParser:

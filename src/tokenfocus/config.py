@@ -14,13 +14,15 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
+from .errors import InputError
+
 from .demo.build import DemoSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem: names the file and the offending key."""
 
 
@@ -58,10 +60,10 @@ class EnsembleSettings:
         choices = {"structural": ("auto", "use", "drop", "mask"), "test_inputs": ("per_fold", "bagged")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"ensemble settings: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"ensemble settings: {name} must be one of {allowed}, got {getattr(self, name)!r}")
         bad = [m for m in self.meta_models if m not in ("xgboost", "lightgbm")]
         if bad or not self.meta_models:
-            raise ValueError(f"ensemble settings: meta_models must be a non-empty subset of "
+            raise ConfigError(f"ensemble settings: meta_models must be a non-empty subset of "
                              f"['xgboost', 'lightgbm'], got {self.meta_models!r}")
 
     @classmethod
@@ -78,7 +80,7 @@ class EnsembleSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"ensemble settings: unknown key(s) {unknown}; allowed: {sorted(known)}")
+            raise ConfigError(f"ensemble settings: unknown key(s) {unknown}; allowed: {sorted(known)}")
         return cls(**dict(value))
 
 
@@ -330,7 +332,7 @@ def check_jobs(value, where: str = "jobs") -> None:
     """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return
-    raise ValueError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
+    raise ConfigError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
 
 
 def parse_overrides(items: list[str] | None, where: str = "--set") -> dict:

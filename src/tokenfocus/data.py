@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 META_FIELDS = ("promt_meaningless", "split_confidence", "attribute_confidence")
 REQUIRED_FIELDS = ("prompt_id", "prompt", "img_path", "total_score", "element_score")
 TOTAL_RANGE = (1.0, 5.0)
@@ -26,7 +28,7 @@ ELEMENT_RANGE = (0.0, 1.0)
 _KEY_RE = re.compile(r"^(?P<text>.*)\((?P<cat>[^()]*)\)\s*$", re.S)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input file: the message names the file, the record index and the field."""
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
 from .io import write_parquet
 
 TASK_LABELS = {"total": ("1", "2", "3", "4", "5"), "element": ("0", "1")}
@@ -23,7 +24,7 @@ BASE_COLUMNS = ["img_path", "prompt_id", "prompt", "fold", "model", "task", "ele
                 "category", "target", "pred"]
 
 
-class DumpError(ValueError):
+class DumpError(InputError):
     pass
 
 

@@ -19,6 +19,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
 
+from .errors import InputError
 from .submission import element_dict, load_json_records, load_submission, validate_submission
 
 WEIGHTS = {"srcc": 0.25, "plcc": 0.25, "acc": 0.5}
@@ -192,12 +193,12 @@ def records_to_frames(truth_records: Iterable[Mapping], pred_records: Iterable[M
         where = f"truth record {i} ({img})"
         truth_total = rec.get("total_score")
         if truth_total is None:
-            raise ValueError(f"{where}: total_score is null; is this test.json rather than a truth file?")
+            raise InputError(f"{where}: total_score is null; is this test.json rather than a truth file?")
         totals.append((img, truth_total, pred[img]["total_score"]))
         pred_el = pred[img]["element_score"]
         for key, value in element_dict(rec, where).items():
             if value is None:
-                raise ValueError(f"{where}: element {key!r} has a null truth value")
+                raise InputError(f"{where}: element {key!r} has a null truth value")
             elements.append((img, key, value, pred_el[key]))
     total = pd.DataFrame(totals, columns=["img_path", "target", "pred"])
     element = pd.DataFrame(elements, columns=["img_path", "element_key", "target", "pred"])

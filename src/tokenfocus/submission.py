@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
 from .io import atomic_path
 
 OUTPUT_JSON = "output.json"
@@ -39,7 +40,7 @@ ELEMENT_RANGE = (0.0, 1.0)
 _SHOW = 10  # offenders listed per problem before "... and N more"
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError):
     """A submission the scorer would mis-read or reject."""
 
 
@@ -100,27 +101,27 @@ def _parse_records(text: str, where: str) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc})") from None
+        raise SubmissionError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{where}: expected a JSON list of records, got {type(data).__name__}")
+        raise SubmissionError(f"{where}: expected a JSON list of records, got {type(data).__name__}")
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise ValueError(f"{where}: record {i} is {type(rec).__name__}, expected an object")
+            raise SubmissionError(f"{where}: record {i} is {type(rec).__name__}, expected an object")
     return data
 
 
 def element_dict(record: Mapping, where: str = "record") -> dict:
     """The record's element_score as a dict; a string holding a Python dict literal is parsed safely."""
     if "element_score" not in record:
-        raise ValueError(f"{where}: missing field 'element_score'")
+        raise SubmissionError(f"{where}: missing field 'element_score'")
     value = record["element_score"]
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError) as exc:
-            raise ValueError(f"{where}: element_score string is not a dict literal ({exc})") from None
+            raise SubmissionError(f"{where}: element_score string is not a dict literal ({exc})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: element_score is {type(value).__name__}, expected a dict")
+        raise SubmissionError(f"{where}: element_score is {type(value).__name__}, expected a dict")
     return value
 
 
@@ -190,7 +191,7 @@ def _plain_float(value: Any) -> Any:
 
 def _require(rec: Mapping, field: str, where: str) -> Any:
     if field not in rec:
-        raise ValueError(f"{where}: missing field {field!r}")
+        raise SubmissionError(f"{where}: missing field {field!r}")
     return rec[field]
 
 
@@ -278,7 +279,7 @@ def _reference_keys(reference: pd.DataFrame | Iterable[Mapping]) -> dict[str, li
         where = f"reference record {i}"
         img = _require(rec, "img_path", where)
         if img in keys:
-            raise ValueError(f"{where}: duplicate img_path {img!r} in the reference")
+            raise SubmissionError(f"{where}: duplicate img_path {img!r} in the reference")
         keys[img] = element_keys(rec, f"{where} ({img})")
     return keys
 

@@ -340,7 +340,7 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
         tcfg = mcfg.training_config(cfg.training)
         groups = task_groups(tcfg.task_mode)
         if task and task not in groups:
-            raise ValueError(f"--task {task!r}: model {mcfg.name} trains {sorted(groups)} (task_mode {tcfg.task_mode})")
+            raise ConfigError(f"--task {task!r}: model {mcfg.name} trains {sorted(groups)} (task_mode {tcfg.task_mode})")
         for tname, tasks in groups.items():
             if task and tname != task:
                 continue

@@ -16,6 +16,7 @@ from ..dumps import DumpError, load_dumps
 from ..features import KEY, encode_categoricals, feature_columns, question_features, structural_available
 from ..io import write_csv, write_json, write_parquet
 from ..config import EnsembleSettings
+from ..errors import InputError
 from .common import Method, PRED, TASKS, is_baseline
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict, structural_masker
@@ -43,7 +44,7 @@ def _as_folds(folds: Any, exp_dir: Path) -> pd.DataFrame:
         folds = pd.read_csv(folds, dtype={"img_path": str, "prompt_id": str})
     lack = [c for c in ("img_path", "fold") if c not in folds.columns]
     if lack:
-        raise ValueError(f"folds: missing column(s) {lack}")
+        raise InputError(f"folds: missing column(s) {lack}")
     return folds
 
 
@@ -156,7 +157,7 @@ def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, fol
         test_bag = test_bag.drop(columns="target").merge(truth, on=KEY, how="left")
         if test_bag["target"].isna().any():
             r = test_bag[test_bag["target"].isna()].iloc[0]
-            raise ValueError(f"truth: no value for test question {r['img_path']!r} {r['element_key']!r}")
+            raise InputError(f"truth: no value for test question {r['img_path']!r} {r['element_key']!r}")
 
     methods: list[Method] = []
     for m in used:
