@@ -126,22 +126,24 @@ def test_budget_takes_whole_images_and_packing_can_be_switched_off(cfg):
     assert json.loads((out / "train_done.json").read_text())["global_step"] == 6
 
 
-def test_finished_fold_is_skipped(cfg):
+def _trained_fold0(cfg):
+    """(model config, train and held-out questions, adapter dir, its train_done.json mtime) of
+    qwen fold 0, trained here unless an earlier test did."""
     mcfg, tr, ev = _questions(cfg)
     out = model_dir(cfg, "qwen", "mixed", 0)
     if not is_trained(out):
         train_fold(cfg, mcfg, "mixed", 0, tr, ev)
-    before = (out / "train_done.json").stat().st_mtime_ns
+    return mcfg, tr, ev, out, (out / "train_done.json").stat().st_mtime_ns
+
+
+def test_finished_fold_is_skipped(cfg):
+    mcfg, tr, ev, out, before = _trained_fold0(cfg)
     train_fold(cfg, mcfg, "mixed", 0, tr, ev)
     assert (out / "train_done.json").stat().st_mtime_ns == before
 
 
 def test_changed_training_setting_stops_instead_of_reusing_the_adapter(cfg):
-    mcfg, tr, ev = _questions(cfg)
-    out = model_dir(cfg, "qwen", "mixed", 0)
-    if not is_trained(out):
-        train_fold(cfg, mcfg, "mixed", 0, tr, ev)
-    before = (out / "train_done.json").stat().st_mtime_ns
+    mcfg, tr, ev, out, before = _trained_fold0(cfg)
     changed = mcfg.__class__(**{**mcfg.__dict__, "training": {"lr": 5e-4}})
     with pytest.raises(ConfigError, match=r"training\.lr: 0\.001 then, 0\.0005 now"):
         train_fold(cfg, changed, "mixed", 0, tr, ev)

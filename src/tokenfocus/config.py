@@ -329,7 +329,7 @@ def build(cls, data: Any, where: str):
 
 
 def check_jobs(value, where: str = "jobs") -> None:
-    """Raise ValueError unless ``value`` is 'auto' or a positive integer."""
+    """Raise ConfigError unless ``value`` is 'auto' or a positive integer."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return
     raise ConfigError(f"{where + ': ' if where else ''}expected 'auto' or a positive integer, got {value!r}")
@@ -373,10 +373,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data.pop("source", None)
     cfg = build(Config, data, str(path))
     cfg.source = str(path)
-    try:
-        check_jobs(cfg.jobs, f"{path}: jobs")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_jobs(cfg.jobs, f"{path}: jobs")
     _check_folds(cfg)
     _check_models(cfg)
     return cfg

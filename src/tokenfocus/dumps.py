@@ -71,7 +71,7 @@ def read_dump(path: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- reading
 
 _DUMP_RE = re.compile(r"^(oof|test)_fold(\d+)\.parquet$")
-TASKS = ("total", "element")
+TASKS = tuple(TASK_LABELS)   # ("total", "element")
 
 
 def load_dumps(preds_dir: str | Path, models: Sequence[str] | None = None,

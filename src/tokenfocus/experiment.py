@@ -80,7 +80,11 @@ def load_folds(cfg: Config) -> pd.DataFrame:
     return pd.read_csv(cfg.folds_path, dtype={"prompt_id": str})
 
 
-def record_settings(cfg: Config, stage: str, settings: dict) -> None:
+def recorded_settings(cfg: Config) -> dict:
+    """{stage: the settings its kept outputs were made with} (``settings.json``; empty if none)."""
     path = cfg.exp_dir / SETTINGS_RECORD
-    stored = read_json(path) if path.is_file() else {}
-    write_json(path, {**stored, stage: settings})
+    return read_json(path) if path.is_file() else {}
+
+
+def record_settings(cfg: Config, stage: str, settings: dict) -> None:
+    write_json(cfg.exp_dir / SETTINGS_RECORD, {**recorded_settings(cfg), stage: settings})

@@ -63,28 +63,37 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _dead(temporaries: list[tuple[Path, int | None, str]]) -> list[tuple[Path, str]]:
+    return [(tmp, rest) for tmp, pid, rest in temporaries if pid is None or not _alive(pid)]
+
+
+def _recover(path: Path, dead: list[tuple[Path, str]]) -> Path | None:
+    """Move a dead publish's aside directory back to a missing ``path``; the one moved, if any."""
+    if path.exists():
+        return None
+    for tmp, rest in dead:
+        if rest == _ASIDE:
+            os.replace(tmp, path)
+            return tmp
+    return None
+
+
 def clean_stale(path: str | Path) -> int:
-    """Remove the temporaries of ``path`` left by processes that are gone; returns how many."""
+    """Put back what a killed publish had moved aside (``recover_dir``), then remove the other
+    temporaries of ``path`` left by processes that are gone; returns how many were removed."""
     path = Path(path)
-    recover_dir(path)
-    n = 0
-    for tmp, pid, _ in _temporaries(path):
-        if pid is None or not _alive(pid):
+    dead = _dead(_temporaries(path))
+    moved = _recover(path, dead)
+    for tmp, _ in dead:
+        if tmp != moved:
             _remove(tmp)
-            n += 1
-    return n
+    return len(dead) - (moved is not None)
 
 
 def recover_dir(path: str | Path) -> bool:
     """Put back an old directory that a killed publish had moved aside (``path`` missing)."""
     path = Path(path)
-    if path.exists():
-        return False
-    for tmp, pid, rest in _temporaries(path):
-        if rest == _ASIDE and (pid is None or not _alive(pid)):
-            os.replace(tmp, path)
-            return True
-    return False
+    return not path.exists() and _recover(path, _dead(_temporaries(path))) is not None
 
 
 def _temp_name(path: Path) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
-from .config import check_jobs  # noqa: F401  (the CLI's --jobs check)
+from .config import check_jobs
 from .log import setup_logging
 
 log = logging.getLogger("tokenfocus")

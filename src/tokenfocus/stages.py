@@ -16,14 +16,12 @@ import pandas as pd
 
 from .config import Config, ConfigError, check_inputs, settings_diff
 from .data import DataError, read_json
-from .experiment import (DATA_RECORD, SETTINGS_RECORD, check_training_data, load_folds,  # noqa: F401
-                         load_split, record_settings)
+from .experiment import (DATA_RECORD, check_training_data, load_folds, load_split,  # noqa: F401
+                         record_settings, recorded_settings)
 from .io import write_csv, write_json
 from .log import setup_logging  # noqa: F401  (the stage scripts' log format)
 
 log = logging.getLogger("tokenfocus")
-
-
 
 
 def _skip(outputs: list[Path], force: bool, stage: str, cfg: Config | None = None,
@@ -34,7 +32,7 @@ def _skip(outputs: list[Path], force: bool, stage: str, cfg: Config | None = Non
     if force or not all(p.exists() for p in outputs):
         return False
     if settings is not None:
-        made = read_json(cfg.exp_dir / SETTINGS_RECORD).get(stage) if (cfg.exp_dir / SETTINGS_RECORD).is_file() else None
+        made = recorded_settings(cfg).get(stage)
         if made is None:  # made before settings were recorded: take them as made with these
             record_settings(cfg, stage, settings)
         elif made != settings:
@@ -77,7 +75,7 @@ def make_fold_file(cfg: Config, force: bool = False) -> pd.DataFrame:
     train = load_split(cfg, "train")
     settings = {f"folds.{k}": v for k, v in asdict(cfg.folds).items()}
     if _skip([cfg.folds_path], force, "folds", cfg, settings):
-        folds = pd.read_csv(cfg.folds_path, dtype={"prompt_id": str})
+        folds = load_folds(cfg)
     else:
         folds = make_folds(train, cfg.folds.n_folds, cfg.folds.seed, cfg.folds.n_bins)
         write_csv(cfg.folds_path, folds)

@@ -1,18 +1,12 @@
 """Names the ensemble's modules share: tasks, metric labels, method kinds."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dumps import TASKS  # noqa: F401  (the ensemble's modules read it from here)
 
-log = logging.getLogger("tokenfocus")
-
-
-log = logging.getLogger("tokenfocus")
-
-TASKS = ("total", "element")
 PRED = "pred__"
 METRICS = (("SRCC", "srcc"), ("PLCC", "plcc"), ("ACC", "acc"), ("Final", "final"))
 FEATURE_SETS = ("preds", "preds+stats", "stats")
