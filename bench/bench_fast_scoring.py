@@ -38,14 +38,13 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-from tokenfocus.fastscore import encode_image_questions, naive_label_logits, prefix_label_logits  # noqa: E402
-from tokenfocus.packed import packed_image_logits  # noqa: E402
-from tokenfocus.infer import label_logit_table, task_probabilities  # noqa: E402
-from tokenfocus.lvlm import load_adapter  # noqa: E402
-from tokenfocus.prompts import element_question, total_question  # noqa: E402
-from tokenfocus.questions import ELEMENT, TOTAL  # noqa: E402
+from tokenfocus.fastscore import encode_image_questions, naive_label_logits, prefix_label_logits
+from tokenfocus.packed import packed_image_logits
+from tokenfocus.infer import label_logit_table, task_probabilities
+from tokenfocus.lvlm import load_adapter
+from tokenfocus.prompts import element_question, total_question
+from tokenfocus.questions import ELEMENT, TOTAL
 
 TINY_QWEN = ROOT / "input" / "pretrained" / "tiny-qwen2.5-vl"
 QWEN25_VOCAB = 151936

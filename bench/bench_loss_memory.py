@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-sys.path.insert(0, str(SRC))
 
 QWEN25_VOCAB = 151936  # Qwen2.5 LM vocabulary (Qwen2.5-VL-7B pads its embedding to 152,064)
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 151655, 151656, 151652, 151653

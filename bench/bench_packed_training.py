@@ -27,21 +27,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_fast_scoring import build_adapter, workload  # noqa: E402
-from bench_loss_memory import MIB, CpuPeak, CudaPeak  # noqa: E402
+from bench_fast_scoring import build_adapter, workload
+from bench_loss_memory import MIB, CpuPeak, CudaPeak
 
-from tokenfocus.infer import label_logit_table  # noqa: E402
-from tokenfocus.loss import answer_label_logits  # noqa: E402
-from tokenfocus.lvlm import load_adapter  # noqa: E402
-from tokenfocus.packed import pack_batch, packed_label_logits  # noqa: E402
-from tokenfocus.train import token_focus_loss  # noqa: E402
+from tokenfocus.infer import label_logit_table
+from tokenfocus.loss import answer_label_logits
+from tokenfocus.lvlm import load_adapter
+from tokenfocus.packed import pack_batch, packed_label_logits
+from tokenfocus.train import token_focus_loss
 
 TINY_QWEN = ROOT / "input" / "pretrained" / "tiny-qwen2.5-vl"
 

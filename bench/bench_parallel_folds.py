@@ -22,13 +22,12 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-from tokenfocus import stages  # noqa: E402
-from tokenfocus.config import load_config  # noqa: E402
-from tokenfocus.infer import read_model_dumps  # noqa: E402
-from tokenfocus.parallel import available_cores  # noqa: E402
-from tokenfocus.train import run_training  # noqa: E402
+from tokenfocus import stages
+from tokenfocus.config import load_config
+from tokenfocus.infer import read_model_dumps
+from tokenfocus.parallel import available_cores
+from tokenfocus.train import run_training
 
 
 def experiment(base: dict, root: Path, name: str, folds: int, questions: int) -> Path:

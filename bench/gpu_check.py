@@ -23,11 +23,9 @@ import argparse
 import gc
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
+import torch
 
 # Qwen/Qwen2.5-VL-7B-Instruct config.json
 QWEN25_VL_7B = dict(

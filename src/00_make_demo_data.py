@@ -7,11 +7,9 @@ them. A finished dataset made by the same settings is kept unless --force. A con
 `demo:` section (real data) has nothing to render.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import run_stage, stage_parser  # noqa: E402
-from tokenfocus.stages import make_demo  # noqa: E402
+from tokenfocus.cli import run_stage, stage_parser
+from tokenfocus.stages import make_demo
 
 if __name__ == "__main__":
     p = stage_parser(__doc__)

@@ -6,11 +6,9 @@ On a CPU, folds can train side by side (--jobs, or jobs in the config; the demo:
 Several GPUs: accelerate launch src/03_train.py --config ...
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import add_jobs_option, run_stage, stage_parser  # noqa: E402
-from tokenfocus.train import run_training  # noqa: E402
+from tokenfocus.cli import add_jobs_option, run_stage, stage_parser
+from tokenfocus.train import run_training
 
 if __name__ == "__main__":
     p = stage_parser(__doc__)

@@ -2,11 +2,9 @@
 """Stage 04: out-of-fold and test prediction dumps -> output/<exp>/preds/<model>/<task>/{oof,test}_fold<k>.parquet.
 On a CPU, folds can be scored side by side (--jobs, or jobs in the config; the demo: one per core)."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import add_jobs_option, run_stage, stage_parser  # noqa: E402
-from tokenfocus.stages import run_inference  # noqa: E402
+from tokenfocus.cli import add_jobs_option, run_stage, stage_parser
+from tokenfocus.stages import run_inference
 
 if __name__ == "__main__":
     p = stage_parser(__doc__)

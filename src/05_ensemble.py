@@ -3,12 +3,9 @@
 output/<exp>/submission/submission.zip and plots in output/<exp>/ensemble/. Settings: the
 config's `ensemble:` section. Skipped when the leaderboard is newer than every input.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import stage_main  # noqa: E402
-from tokenfocus.stages import run_ensemble  # noqa: E402
+from tokenfocus.cli import stage_main
+from tokenfocus.stages import run_ensemble
 
 if __name__ == "__main__":
     stage_main(__doc__, run_ensemble)

@@ -9,11 +9,9 @@ refused with the reason and exit status 2.
 
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenfocus.cli import run_stage, stage_parser  # noqa: E402
-from tokenfocus.stages import evaluate_submission  # noqa: E402
+from tokenfocus.cli import run_stage, stage_parser
+from tokenfocus.stages import evaluate_submission
 
 if __name__ == "__main__":
     p = stage_parser(__doc__)

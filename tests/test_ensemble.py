@@ -84,7 +84,7 @@ def _model_preds(q, scene, expected, rng, noise, bias_cat=None):
 
 def _dump_frame(q, pred, model, fold):
     df = q.copy()
-    df["fold"], df["model"], df["pred"] = fold, model, pred
+    df["fold"], df["model"], df["kind"], df["pred"] = fold, model, "base", pred
     tot = (df["task"] == "total").to_numpy()
     lo = np.clip(np.floor(pred), 1, 4)
     for lab in range(1, 6):
@@ -162,6 +162,52 @@ def test_load_dumps_refuses_a_hole(experiment, tmp_path):
     pd.read_parquet(path).iloc[1:].to_parquet(path)
     with pytest.raises(DumpError, match="lvlm_b/element"):
         load_dumps(preds, folds=folds)
+
+
+def _relabel(preds, src, dst, kind):
+    """A copy of model ``src``'s dumps as model ``dst`` of the given kind."""
+    for f in sorted((preds / src).glob("*/*.parquet")):
+        df = pd.read_parquet(f).assign(model=dst, kind=kind)
+        out = preds / dst / f.parent.name / f.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(out)
+
+
+def test_model_kinds_pick_base_models_and_baselines(experiment, tmp_path):
+    """Which dumps are stacked is read from their kind column, not from the model's name."""
+    from tokenfocus.dumps import model_kinds
+    from tokenfocus.ensemble.stage import _select_models
+
+    exp_dir, *_ = experiment
+    preds = _copy_preds(exp_dir, tmp_path)
+    _relabel(preds, "lvlm_b", "variant_soft_ce", "ablation")
+    _relabel(preds, "lvlm_a", "zeroshot_lookalike", "base")   # a baseline's name, a base model's kind
+    _relabel(preds, "lvlm_a", "untuned", "baseline")
+    kinds = model_kinds(preds)
+    assert kinds == {"lvlm_a": "base", "lvlm_b": "base", "prior": "baseline", "untuned": "baseline",
+                     "variant_soft_ce": "ablation", "zeroshot_lookalike": "base"}
+    base, baselines = _select_models(kinds, EnsembleSettings())
+    assert base == ["lvlm_a", "lvlm_b", "zeroshot_lookalike"]
+    assert baselines == ["prior", "untuned"]
+    base, baselines = _select_models(kinds, EnsembleSettings(base_models=["variant_soft_ce"], baselines=["prior"]))
+    assert (base, baselines) == (["variant_soft_ce"], ["prior"])
+
+
+def test_model_kinds_refuse_a_bad_or_missing_kind(experiment, tmp_path):
+    from tokenfocus.dumps import model_kinds
+
+    exp_dir, *_ = experiment
+    preds = _copy_preds(exp_dir, tmp_path)
+    path = dump_path(preds, "lvlm_b", "total", "oof", 1)
+    pd.read_parquet(path).assign(kind="teacher").to_parquet(path)
+    with pytest.raises(DumpError, match=r"lvlm_b/total/oof_fold1.parquet: column 'kind' holds \['teacher'\]"):
+        model_kinds(preds)
+    pd.read_parquet(path).drop(columns="kind").to_parquet(path)
+    with pytest.raises(DumpError, match=r"oof_fold1.parquet: missing column\(s\) \['kind'\].*--force"):
+        model_kinds(preds)
+    with pytest.raises(DumpError, match="column 'kind'"):
+        write_dump(pd.read_parquet(dump_path(preds, "lvlm_a", "total", "oof", 1)).assign(kind="x"),
+                   tmp_path / "x.parquet", pd.read_parquet(dump_path(preds, "lvlm_a", "total", "oof", 1)), "total")
 
 
 def test_load_dumps_refuses_wrong_fold_and_missing_file(experiment, tmp_path):

@@ -49,6 +49,7 @@ def predict_questions(model: PriorModel, records: pd.DataFrame, name: str, fold:
     q = question_frame(records)
     q["fold"] = fold
     q["model"] = name
+    q["kind"] = "baseline"
     out = {}
     tot = q[q["task"] == "total"].copy()
     tot["pred"] = pd.Series(model.total_pred(records), index=records["img_path"]).reindex(tot["img_path"]).to_numpy()

@@ -30,8 +30,8 @@ class ConfigError(InputError):
 class EnsembleSettings:
     """What to stack and how; the defaults run the demo in about a minute on 2 CPU cores."""
 
-    base_models: list[str] | None = None   # stacked; None: every model found that is no baseline
-    baselines: list[str] | None = None     # leaderboard rows only; None: 'prior' and 'zeroshot_*'
+    base_models: list[str] | None = None   # stacked; None: every model whose dumps are of kind 'base'
+    baselines: list[str] | None = None     # leaderboard rows only; None: the dumps of kind 'baseline'
     meta_models: list[str] = field(default_factory=lambda: ["xgboost", "lightgbm"])
     n_estimators: int = 300                # cap; the inner CV picks the number actually used
     learning_rate: float = 0.05

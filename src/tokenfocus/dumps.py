@@ -20,8 +20,11 @@ from .errors import InputError
 from .io import write_parquet
 
 TASK_LABELS = {"total": ("1", "2", "3", "4", "5"), "element": ("0", "1")}
-BASE_COLUMNS = ["img_path", "prompt_id", "prompt", "fold", "model", "task", "element_key",
+BASE_COLUMNS = ["img_path", "prompt_id", "prompt", "fold", "model", "kind", "task", "element_key",
                 "category", "target", "pred"]
+# What a dump's model is: a fine-tuned model the ensemble stacks, a baseline it only reports
+# (the prior, an untuned base), or an ablation variant it leaves to the ablation table.
+MODEL_KINDS = ("base", "baseline", "ablation")
 
 
 class DumpError(InputError):
@@ -53,6 +56,35 @@ def check_dump(df: pd.DataFrame, expected: pd.DataFrame, task: str, where: str) 
                         f"(e.g. {next(iter(lack), None)}), {len(extra)} extra (e.g. {next(iter(extra), None)})")
     if not np.isfinite(df["pred"].to_numpy(dtype=float)).all():
         raise DumpError(f"{where}: non-finite predictions")
+    _check_kind(df, where)
+
+
+def _check_kind(df: pd.DataFrame, where: str) -> str:
+    kinds = df["kind"].astype(str).unique().tolist()
+    if len(kinds) != 1 or kinds[0] not in MODEL_KINDS:
+        raise DumpError(f"{where}: column 'kind' holds {kinds}, expected one of {list(MODEL_KINDS)}")
+    return kinds[0]
+
+
+def model_kinds(preds_dir: str | Path) -> dict[str, str]:
+    """{model: kind} of every model folder under ``preds_dir``, read from its dumps' ``kind``
+    column (every dump of a model must agree)."""
+    out = {}
+    for folder in sorted(p for p in Path(preds_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(folder.glob("*/*.parquet"))
+        if not files:
+            continue
+        kinds = set()
+        for f in files:
+            cols = pd.read_parquet(f, columns=None).columns
+            if "kind" not in cols:
+                raise DumpError(f"{f}: missing column(s) ['kind'] (a dump from before model kinds; "
+                                "re-run the inference stage with --force)")
+            kinds.add(_check_kind(pd.read_parquet(f, columns=["kind"]), str(f)))
+        if len(kinds) > 1:
+            raise DumpError(f"{folder}: dumps disagree on the model's kind: {sorted(kinds)}")
+        out[folder.name] = kinds.pop()
+    return out
 
 
 def write_dump(df: pd.DataFrame, path: str | Path, expected: pd.DataFrame, task: str) -> Path:
@@ -150,6 +182,7 @@ def _read_dump(path: Path, model: str, task: str, fold: int) -> pd.DataFrame:
     if (fold_vals != fold).any():
         raise DumpError(f"{path}: column 'fold' holds {sorted(fold_vals.dropna().unique().tolist())}, expected {fold}")
     df["fold"] = fold
+    _check_kind(df, str(path))
     for col in ("img_path", "prompt_id", "prompt", "element_key", "category"):
         df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     empty_key = df["element_key"] == ""

@@ -163,12 +163,13 @@ def model_dumps_done(cfg, name: str, folds) -> bool:
 
 
 def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, pd.DataFrame],
-                     expected: dict[str, pd.DataFrame]) -> None:
-    """Split scored question tables by task and write one checked dump per (task, split)."""
+                     expected: dict[str, pd.DataFrame], kind: str) -> None:
+    """Split scored question tables by task and write one checked dump per (task, split);
+    ``kind`` is the model's kind (``dumps.MODEL_KINDS``)."""
 
     for split, df in scored.items():
         for task, part in df.groupby("task"):
-            out = part.assign(fold=fold, model=model)
+            out = part.assign(fold=fold, model=model, kind=kind)
             if split == "test":
                 out["target"] = np.nan
             exp = expected[split]
@@ -186,6 +187,7 @@ def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list
     q_train, q_test = build_questions(train), build_questions(test)
     q_train = q_train.merge(train[["img_path", "fold"]], on="img_path")
     preds_dir = cfg.exp_dir / "preds"
+    kind = "ablation" if mcfg.name in {m.name for m in cfg.ablation_models()} else "base"
     written = []
     for group, tasks in task_groups(tcfg.task_mode).items():
         for k in model_folds(cfg, mcfg):
@@ -200,7 +202,7 @@ def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list
                         "test": q_test[q_test["task"].isin(tasks)]}
             scored = {s: predict_questions_fast(adapter, model, q, cfg.image_dir, tcfg.eval_batch, collator,
                                                 desc=f"{mcfg.name} fold{k} {s}") for s, q in expected.items()}
-            write_fold_dumps(preds_dir, mcfg.name, k, scored, expected)
+            write_fold_dumps(preds_dir, mcfg.name, k, scored, expected, kind)
             written.append(f"{mcfg.name}/{group}/fold{k}")
     return written
 
@@ -228,7 +230,7 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
     for k in folds:
         in_fold = scored["oof"]["fold"] == k
         write_fold_dumps(preds_dir, name, k, {"oof": scored["oof"][in_fold], "test": scored["test"]},
-                         {"oof": q_train[q_train["fold"] == k], "test": q_test})
+                         {"oof": q_train[q_train["fold"] == k], "test": q_test}, "baseline")
     return [f"{name}/fold{k}" for k in folds]
 
 

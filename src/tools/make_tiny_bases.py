@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -46,18 +45,17 @@ from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForC
                           PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                           Qwen2VLImageProcessorPil)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, for running as a script
 
-from tokenfocus import prompts  # noqa: E402
-from tokenfocus.data import split_element_key  # noqa: E402
-from tokenfocus.metrics import srcc  # noqa: E402
-from tokenfocus.demo import scene as demo_scene  # noqa: E402
-from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total  # noqa: E402
-from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate  # noqa: E402
-from tokenfocus.demo.render import object_rgb, render_scene  # noqa: E402
-from tokenfocus.demo.scene import shown_color  # noqa: E402
-from tokenfocus.io import atomic_dir, atomic_path  # noqa: E402
-from tokenfocus.lvlm import load_adapter  # noqa: E402
+from tokenfocus import prompts
+from tokenfocus.data import split_element_key
+from tokenfocus.metrics import srcc
+from tokenfocus.demo import scene as demo_scene
+from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total
+from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate
+from tokenfocus.demo.render import object_rgb, render_scene
+from tokenfocus.demo.scene import shown_color
+from tokenfocus.io import atomic_dir, atomic_path
+from tokenfocus.lvlm import load_adapter
 
 IMAGE_SIZE = 112
 PATCH = 8                      # 14 x 14 patches, merged 2 x 2 into 7 x 7 = 49 image tokens

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,12 +31,11 @@ from sklearn.metrics import roc_auc_score
 from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src/, for running as a script
 
-from make_tiny_bases import CHECK_GENERATOR  # noqa: E402
-from tokenfocus.demo import scene as S  # noqa: E402
-from tokenfocus.demo.generators import generate  # noqa: E402
-from tokenfocus.demo.render import render_scene  # noqa: E402
+from make_tiny_bases import CHECK_GENERATOR
+from tokenfocus.demo import scene as S
+from tokenfocus.demo.generators import generate
+from tokenfocus.demo.render import render_scene
 
 LABELS = ([("shape", s) for s in S.SHAPES] + [("color", c) for c in S.COLORS]
           + [("background", b) for b in S.BACKGROUNDS])

@@ -23,7 +23,7 @@ table), ``stage`` (stage 05). The settings are ``config.EnsembleSettings``; dump
 from ..config import EnsembleSettings
 from ..dumps import load_dumps
 from .blend import apply_blend, apply_threshold, fit_blend, fit_task_blend, fit_threshold, nested_blend_predict
-from .common import PRED, TASKS, is_baseline
+from .common import PRED, TASKS
 from .leaderboard import ceiling_metrics, finalise, score_questions, truth_frame
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict
@@ -31,6 +31,6 @@ from .stage import ensemble_stage, format_leaderboard, run_ensemble
 
 __all__ = ["EnsembleSettings", "PRED", "TASKS", "add_image_features", "apply_blend", "apply_threshold",
            "ceiling_metrics", "design_matrix", "ensemble_stage", "finalise", "fit_blend", "fit_meta",
-           "fit_task_blend", "fit_threshold", "format_leaderboard", "is_baseline", "load_dumps",
+           "fit_task_blend", "fit_threshold", "format_leaderboard", "load_dumps",
            "meta_factory", "nested_blend_predict", "nested_cv_predict", "prediction_table",
            "run_ensemble", "score_questions", "truth_frame"]

@@ -14,10 +14,6 @@ FEATURE_SETS = ("preds", "preds+stats", "stats")
 _KIND_ORDER = ("blending", "stacking+features", "stacking", "bagging", "metadata", "base", "baseline")
 
 
-def is_baseline(model: str) -> bool:
-    return model == "prior" or model.startswith("zeroshot")
-
-
 @dataclass
 class Method:
     """One leaderboard row's predictions: OOF and test, aligned with the question frames."""

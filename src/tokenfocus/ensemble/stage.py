@@ -12,12 +12,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data import load_records, question_frame, records_to_json
-from ..dumps import DumpError, load_dumps
+from ..dumps import DumpError, load_dumps, model_kinds
 from ..features import KEY, encode_categoricals, feature_columns, question_features, structural_available
 from ..io import write_csv, write_json, write_parquet
 from ..config import EnsembleSettings
 from ..errors import InputError
-from .common import Method, PRED, TASKS, is_baseline
+from .common import Method, PRED, TASKS
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict, structural_masker
 from .blend import fit_task_blend, nested_blend_predict
@@ -75,15 +75,18 @@ def _check_no_extra(long: pd.DataFrame, records: pd.DataFrame, where: str) -> No
                         f"e.g. {list(extra[:3])}")
 
 
-def _select_models(found: Sequence[str], s: EnsembleSettings) -> tuple[list[str], list[str]]:
-    baselines = [m for m in found if (m in s.baselines if s.baselines is not None else is_baseline(m))]
+def _select_models(kinds: dict[str, str], s: EnsembleSettings) -> tuple[list[str], list[str]]:
+    """(base models, baselines) among the dumps found, {model: kind}: by the settings where they
+    name them, else by each dump's ``kind`` (ablation variants are neither)."""
+    found = list(kinds)
+    baselines = [m for m in found if (m in s.baselines if s.baselines is not None else kinds[m] == "baseline")]
     if s.base_models is not None:
         missing = [m for m in s.base_models if m not in found]
         if missing:
             raise DumpError(f"ensemble settings: base model(s) {missing} have no dumps; found {list(found)}")
         base = list(s.base_models)
     else:
-        base = [m for m in found if m not in baselines]
+        base = [m for m in found if kinds[m] == "base" and m not in baselines]
     if not base:
         base = list(baselines)
         log.warning("ensemble: no base model besides baselines %s; stacking those", baselines)
@@ -91,27 +94,37 @@ def _select_models(found: Sequence[str], s: EnsembleSettings) -> tuple[list[str]
     return base, baselines
 
 
-def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, folds: Any = None,
-                 settings: Any = None, truth_records: Any = None, noise_ceiling: Any = None
-                 ) -> pd.DataFrame:
-    """Every method's OOF (and, with truth, test) scores -> ``<exp_dir>/leaderboard.csv``; the best
-    method by OOF Final -> ``<exp_dir>/submission/submission.zip``; plots and per-method predictions
-    -> ``<exp_dir>/ensemble/``. Returns the leaderboard (its ``attrs`` hold the submission path and
-    the chosen method)."""
-    t_start = time.perf_counter()
-    s = EnsembleSettings.coerce(settings)
-    exp_dir = Path(exp_dir)
-    train = _as_records(train_records, "train_records")
-    test = _as_records(test_records, "test_records")
-    folds = _as_folds(folds, exp_dir)
-    preds_dir = exp_dir / "preds"
+@dataclasses.dataclass
+class Frames:
+    """Everything the methods are fitted on: the question frames with every model's predictions
+    (OOF; test bagged over the folds and per fold), which models are stacked, the features."""
 
+    oof: pd.DataFrame                       # OOF questions, a pred__<model> column per model
+    test: pd.DataFrame                      # test questions, fold-averaged predictions
+    test_fold: dict[int, pd.DataFrame]      # test questions, one fold's model each
+    base: list[str]
+    baselines: list[str]
+    models: dict[str, list[str]]            # per task, the base models with dumps of it
+    record_cols: list[str]
+    struct_cols: list[str]
+    augment: Any
+    truth: bool                             # test targets known
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(self.test_fold)
+
+
+def load_frames(exp_dir: Path, train: pd.DataFrame, test: pd.DataFrame, folds: pd.DataFrame,
+                s: EnsembleSettings, truth_records: Any = None) -> Frames:
+    """Read and check the dumps under ``<exp_dir>/preds``, and build the frames the methods use."""
+    preds_dir = exp_dir / "preds"
     if not preds_dir.is_dir():
         raise DumpError(f"{preds_dir}: no prediction dumps (run the inference stage first)")
-    found = sorted(d.name for d in preds_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    base, baselines = _select_models(found, s)
+    kinds = model_kinds(preds_dir)
+    base, baselines = _select_models(kinds, s)
     used = [*base, *baselines]
-    ignored = [m for m in found if m not in used]
+    ignored = [m for m in kinds if m not in used]
     if ignored:
         log.info("ensemble: ignoring dumps of %s (neither base model nor baseline)", ignored)
     oof_long, test_long = load_dumps(preds_dir, models=used, folds=folds)
@@ -151,130 +164,156 @@ def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, fol
     oof_m, others = encode_categoricals(oof_m, [test_bag, *test_fold.values()])
     test_bag, test_fold = others[0], dict(zip(fold_ids, others[1:]))
 
-    truth = None
     if truth_records is not None:
-        truth = truth_frame(truth_records)
-        test_bag = test_bag.drop(columns="target").merge(truth, on=KEY, how="left")
+        test_bag = test_bag.drop(columns="target").merge(truth_frame(truth_records), on=KEY, how="left")
         if test_bag["target"].isna().any():
             r = test_bag[test_bag["target"].isna()].iloc[0]
             raise InputError(f"truth: no value for test question {r['img_path']!r} {r['element_key']!r}")
+    return Frames(oof_m, test_bag, test_fold, base, baselines, models, record_cols, struct_cols, augment,
+                  truth_records is not None)
 
-    methods: list[Method] = []
-    for m in used:
-        kind = "base" if m in base else "baseline"
-        oof_pred = oof_m[PRED + m].to_numpy(float)
-        methods.append(Method(m, kind, oof_pred, test_bag[PRED + m].to_numpy(float),
-                               [test_fold[k][PRED + m].to_numpy(float) for k in fold_ids],
-                               "test: mean score of the single-fold models", (m,)))
-    for m in base:
-        methods.append(Method(f"bagging: {m}", "bagging", oof_m[PRED + m].to_numpy(float),
-                               test_bag[PRED + m].to_numpy(float), note="test: fold-averaged", models=(m,)))
-    if len(base) > 1:
-        cols = [PRED + m for m in base]
-        methods.append(Method("bagging: mean of base models", "bagging",
-                               oof_m[cols].mean(axis=1).to_numpy(float),
-                               test_bag[cols].mean(axis=1).to_numpy(float),
-                               note="unweighted mean of the fold-averaged base models", models=tuple(base)))
 
-    jobs = [("metadata-only", "metadata", "stats", [s.meta_models[-1]])]
-    jobs += [("stacking", "stacking", "preds", s.meta_models),
-             ("stacking+features", "stacking+features", "preds+stats", s.meta_models)]
-    meta_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    bar = tqdm(total=sum(len(j[3]) for j in jobs) * len(TASKS), desc="meta-models",
-               disable=not s.progress, leave=False)
-    for label, kind, feature_set, kinds in jobs:
-        per_kind = {}
-        for meta in kinds:
-            oof_pred = np.full(len(oof_m), np.nan)
-            test_pred = np.full(len(test_bag), np.nan)
-            for task in TASKS:
-                rows = (oof_m["task"] == task).to_numpy()
-                X = design_matrix(oof_m, task, models, feature_set, record_cols)
-                y = oof_m.loc[rows, "target"].to_numpy(float)
-                f = oof_m.loc[rows, "fold"].to_numpy(int)
-                factory = meta_factory(meta, task, s)
-                oof_pred[rows] = nested_cv_predict(factory, X, y, f, s.inner_cv, augment)
-                model = fit_meta(factory, X, y, f, s.inner_cv, augment)
-                trows = (test_bag["task"] == task).to_numpy()
-                if s.test_inputs == "bagged":
-                    test_pred[trows] = model.predict(design_matrix(test_bag, task, models, feature_set, record_cols))
-                else:
-                    test_pred[trows] = np.mean([model.predict(design_matrix(test_fold[k], task, models,
-                                                                            feature_set, record_cols))
-                                                for k in fold_ids], axis=0)
-                bar.update()
-            per_kind[meta] = (oof_pred, test_pred)
-        if kind == "metadata":
-            (oof_pred, test_pred), = per_kind.values()
-            methods.append(Method(label, kind, oof_pred, test_pred,
-                                   note=f"{kinds[0]} on record features only"))
-            continue
-        for meta, (oof_pred, test_pred) in per_kind.items():
-            meta_outputs[f"{label}: {meta}"] = (oof_pred, test_pred)
-            methods.append(Method(f"{label}: {meta}", kind, oof_pred, test_pred,
-                                   note="nested CV on OOF", models=tuple(base)))
-        if len(per_kind) > 1:
-            oof_avg = np.mean([v[0] for v in per_kind.values()], axis=0)
-            test_avg = np.mean([v[1] for v in per_kind.values()], axis=0)
-            methods.append(Method(f"{label}: {'+'.join(per_kind)}", kind, oof_avg, test_avg,
-                                   note="mean of the meta-models", models=tuple(base)))
-    bar.close()
+def base_methods(fr: Frames) -> list[Method]:
+    """Every base model and baseline as it is (test: the mean score of its single-fold models),
+    each base model bagged over the folds, and the mean of the bagged base models."""
+    oof, test = fr.oof, fr.test
+    methods = [Method(m, "base" if m in fr.base else "baseline", oof[PRED + m].to_numpy(float),
+                      test[PRED + m].to_numpy(float), [fr.test_fold[k][PRED + m].to_numpy(float) for k in fr.fold_ids],
+                      "test: mean score of the single-fold models", (m,)) for m in [*fr.base, *fr.baselines]]
+    methods += [Method(f"bagging: {m}", "bagging", oof[PRED + m].to_numpy(float), test[PRED + m].to_numpy(float),
+                       note="test: fold-averaged", models=(m,)) for m in fr.base]
+    if len(fr.base) > 1:
+        cols = [PRED + m for m in fr.base]
+        methods.append(Method("bagging: mean of base models", "bagging", oof[cols].mean(axis=1).to_numpy(float),
+                              test[cols].mean(axis=1).to_numpy(float),
+                              note="unweighted mean of the fold-averaged base models", models=tuple(fr.base)))
+    return methods
 
-    # Blending over base models and meta-models, scored with nested CV like the stacking.
-    blend_info = {}
-    oof_blend = np.full(len(oof_m), np.nan)
-    test_blend = np.full(len(test_bag), np.nan)
+
+def _meta_predictions(fr: Frames, s: EnsembleSettings, meta: str, feature_set: str, bar) -> tuple:
+    """(OOF, test) predictions of one meta-model on one feature set, both tasks: OOF by nested
+    CV, test by the model fitted on all OOF rows (on the bagged or per-fold test inputs)."""
+    oof_pred, test_pred = np.full(len(fr.oof), np.nan), np.full(len(fr.test), np.nan)
     for task in TASKS:
-        rows = (oof_m["task"] == task).to_numpy()
-        trows = (test_bag["task"] == task).to_numpy()
-        names = [PRED + m for m in models[task]] + list(meta_outputs)
-        P = np.column_stack([oof_m.loc[rows, PRED + m] for m in models[task]]
-                            + [v[0][rows] for v in meta_outputs.values()])
-        Pt = np.column_stack([test_bag.loc[trows, PRED + m] for m in models[task]]
-                             + [v[1][trows] for v in meta_outputs.values()])
-        y = oof_m.loc[rows, "target"].to_numpy(float)
-        f = oof_m.loc[rows, "fold"].to_numpy(int)
+        rows = (fr.oof["task"] == task).to_numpy()
+        X = design_matrix(fr.oof, task, fr.models, feature_set, fr.record_cols)
+        y = fr.oof.loc[rows, "target"].to_numpy(float)
+        f = fr.oof.loc[rows, "fold"].to_numpy(int)
+        factory = meta_factory(meta, task, s)
+        oof_pred[rows] = nested_cv_predict(factory, X, y, f, s.inner_cv, fr.augment)
+        model = fit_meta(factory, X, y, f, s.inner_cv, fr.augment)
+        trows = (fr.test["task"] == task).to_numpy()
+        inputs = [fr.test] if s.test_inputs == "bagged" else [fr.test_fold[k] for k in fr.fold_ids]
+        test_pred[trows] = np.mean([model.predict(design_matrix(t, task, fr.models, feature_set, fr.record_cols))
+                                    for t in inputs], axis=0)
+        bar.update()
+    return oof_pred, test_pred
+
+
+def stacking_methods(fr: Frames, s: EnsembleSettings) -> list[Method]:
+    """The metadata-only model, stacking on the base predictions, and stacking with the
+    statistic features, each meta-model alone and (several) averaged."""
+    jobs = [("metadata-only", "metadata", "stats", [s.meta_models[-1]]),
+            ("stacking", "stacking", "preds", s.meta_models),
+            ("stacking+features", "stacking+features", "preds+stats", s.meta_models)]
+    methods = []
+    with tqdm(total=sum(len(j[3]) for j in jobs) * len(TASKS), desc="meta-models", disable=not s.progress,
+              leave=False) as bar:
+        for label, kind, feature_set, metas in jobs:
+            per_meta = {meta: _meta_predictions(fr, s, meta, feature_set, bar) for meta in metas}
+            if kind == "metadata":
+                (oof_pred, test_pred), = per_meta.values()
+                methods.append(Method(label, kind, oof_pred, test_pred, note=f"{metas[0]} on record features only"))
+                continue
+            methods += [Method(f"{label}: {meta}", kind, o, t, note="nested CV on OOF", models=tuple(fr.base))
+                        for meta, (o, t) in per_meta.items()]
+            if len(per_meta) > 1:
+                methods.append(Method(f"{label}: {'+'.join(per_meta)}", kind,
+                                      np.mean([v[0] for v in per_meta.values()], axis=0),
+                                      np.mean([v[1] for v in per_meta.values()], axis=0),
+                                      note="mean of the meta-models", models=tuple(fr.base)))
+    return methods
+
+
+def blending_method(fr: Frames, s: EnsembleSettings, stacked: Sequence[Method]) -> tuple[Method, dict]:
+    """Non-negative blend of the base models and each stacking meta-model (not their averages),
+    scored with nested CV like the stacking; returns the method and each task's fitted blend."""
+    meta = [m for m in stacked if m.kind != "metadata" and m.name.split(": ", 1)[1] in s.meta_models]
+    blend_info = {}
+    oof_blend, test_blend = np.full(len(fr.oof), np.nan), np.full(len(fr.test), np.nan)
+    for task in TASKS:
+        rows = (fr.oof["task"] == task).to_numpy()
+        trows = (fr.test["task"] == task).to_numpy()
+        names = [PRED + m for m in fr.models[task]] + [m.name for m in meta]
+        P = np.column_stack([fr.oof.loc[rows, PRED + m] for m in fr.models[task]] + [m.oof[rows] for m in meta])
+        Pt = np.column_stack([fr.test.loc[trows, PRED + m] for m in fr.models[task]] + [m.test[trows] for m in meta])
+        y = fr.oof.loc[rows, "target"].to_numpy(float)
+        f = fr.oof.loc[rows, "fold"].to_numpy(int)
         oof_blend[rows] = nested_blend_predict(P, y, f, names, task)
         blend = fit_task_blend(P, y, names, task)
         test_blend[trows] = blend.apply(Pt)
         blend_info[task] = dataclasses.asdict(blend)
-    methods.append(Method("blending", "blending", oof_blend, test_blend,
-                           note="non-negative weights + intercept, element threshold; nested CV on OOF",
-                           models=tuple(base)))
+    return Method("blending", "blending", oof_blend, test_blend,
+                  note="non-negative weights + intercept, element threshold; nested CV on OOF",
+                  models=tuple(fr.base)), blend_info
 
+
+def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, folds: Any = None,
+                 settings: Any = None, truth_records: Any = None, noise_ceiling: Any = None
+                 ) -> pd.DataFrame:
+    """Every method's OOF (and, with truth, test) scores -> ``<exp_dir>/leaderboard.csv``; the best
+    method by OOF Final -> ``<exp_dir>/submission/submission.zip``; plots and per-method predictions
+    -> ``<exp_dir>/ensemble/``. Returns the leaderboard (its ``attrs`` hold the submission path and
+    the chosen method)."""
+    t_start = time.perf_counter()
+    s = EnsembleSettings.coerce(settings)
+    exp_dir = Path(exp_dir)
+    test = _as_records(test_records, "test_records")
+    fr = load_frames(exp_dir, _as_records(train_records, "train_records"), test, _as_folds(folds, exp_dir), s,
+                     truth_records)
+
+    stacked = stacking_methods(fr, s)
+    blended, blend_info = blending_method(fr, s, stacked)
+    methods = [*base_methods(fr), *stacked, blended]
     for m in methods:
-        m.oof, m.test = finalise(oof_m, m.oof), finalise(test_bag, m.test)
-        m.test_single = [finalise(test_bag, p) for p in m.test_single]
+        m.oof, m.test = finalise(fr.oof, m.oof), finalise(fr.test, m.test)
+        m.test_single = [finalise(fr.test, p) for p in m.test_single]
 
-    lb = _leaderboard(methods, oof_m, test_bag if truth is not None else None, noise_ceiling)
+    lb = _leaderboard(methods, fr.oof, fr.test if fr.truth else None, noise_ceiling)
     best = _best_method(lb)
     chosen = next(m for m in methods if m.name == best)
     log.info("ensemble: best method by OOF Final: %s", best)
+    sub = _write_outputs(exp_dir, fr, s, test, methods, lb, chosen, blend_info, time.perf_counter() - t_start)
+    lb.attrs.update({"submission": str(sub), "best_method": best})
+    return lb
 
+
+def _write_outputs(exp_dir: Path, fr: Frames, s: EnsembleSettings, test: pd.DataFrame, methods: list[Method],
+                   lb: pd.DataFrame, chosen: Method, blend_info: dict, elapsed: float) -> Path:
+    """Per-method predictions, the submission of the chosen method, ensemble.json, the category
+    accuracy table, the plots and leaderboard.csv (last: its presence means the stage finished)."""
     out_dir = exp_dir / "ensemble"
-    _write_predictions(out_dir, oof_m, test_bag, methods, truth is not None)
-    elapsed = time.perf_counter() - t_start
-    sub = _write_submission(exp_dir / "submission", test, test_bag, chosen, s, elapsed)
+    truth_test = fr.test if fr.truth else None
+    _write_predictions(out_dir, fr.oof, fr.test, methods, fr.truth)
+    sub = _write_submission(exp_dir / "submission", test, fr.test, chosen, s, elapsed)
     write_json(out_dir / "ensemble.json", {
-        "best_method": best, "base_models": base, "baselines": baselines,
-        "structural_features": struct_cols, "structural_mode": s.structural,
-        "record_features": record_cols, "blend": blend_info, "settings": dataclasses.asdict(s),
+        "best_method": chosen.name, "base_models": fr.base, "baselines": fr.baselines,
+        "structural_features": fr.struct_cols, "structural_mode": s.structural,
+        "record_features": fr.record_cols, "blend": blend_info, "settings": dataclasses.asdict(s),
         "submission": str(sub)})
-    write_csv(exp_dir / "category_accuracy.csv",
-              category_accuracy_table(methods, oof_m, test_bag if truth is not None else None), float_format="%.4f")
+    write_csv(exp_dir / "category_accuracy.csv", category_accuracy_table(methods, fr.oof, truth_test),
+              float_format="%.4f")
     if s.plots:
         from .. import plots
-        plots.write_plots(out_dir, lb, oof_m, test_bag if truth is not None else None,
-                          {best: (chosen.oof, chosen.test)} | _best_base(lb, methods))
+        plots.write_plots(out_dir, lb, fr.oof, truth_test, {chosen.name: (chosen.oof, chosen.test)} | _best_base(lb, methods))
         # Every base model and baseline beside the chosen method, on test where there is truth.
-        split, frame = ("test", test_bag) if truth is not None else ("oof", oof_m)
+        split, frame = ("test", fr.test) if fr.truth else ("oof", fr.oof)
         shown = {m.name: plots.element_frame(frame, m.test if split == "test" else m.oof)
-                 for m in methods if m.kind in ("base", "baseline") or m.name == best}
+                 for m in methods if m.kind in ("base", "baseline") or m is chosen}
         plots.save_figure(plots.category_accuracy(shown, title=f"Element accuracy per category ({split})"),
                           out_dir / "category_accuracy_methods.png")
     write_csv(exp_dir / "leaderboard.csv", lb, float_format="%.4f")
-    lb.attrs.update({"submission": str(sub), "best_method": best})
-    return lb
+    return sub
 
 
 def _write_predictions(out_dir: Path, oof_m: pd.DataFrame, test_m: pd.DataFrame,
