@@ -29,7 +29,13 @@ def test_final_phase_test_records(raw_test, write_json):
     assert r.t2i_model is None and r.type is None and math.isnan(r.total_score)
     assert r.split_confidence == pytest.approx(4.67)
     el = element_frame(df)
-    assert list(el["category_norm"]) == ["object", "attribute"]
+    assert list(el["category"]) == ["object", "attribute"]
+    assert list(el["category_raw"]) == ["object-cloth&accessories", "attribute-style-artist/works"]
+    # One meaning per column name: every question table's 'category' is the normalised one.
+    from tokenfocus.data import question_frame
+    from tokenfocus.questions import build_questions
+    for table in (question_frame(df), build_questions(df)):
+        assert list(table.loc[table["task"] == "element", "category"]) == list(el["category"])
     assert el["target"].isna().all()
     assert el["element_key"].iloc[1] == "Monet (attribute-style-artist/works) "
 

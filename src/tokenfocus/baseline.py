@@ -21,7 +21,7 @@ class PriorModel:
     intercept: float
 
     def element_pred(self, elements: pd.DataFrame) -> np.ndarray:
-        return elements["category_norm"].map(self.category_rate).fillna(self.global_rate).to_numpy(dtype=float)
+        return elements["category"].map(self.category_rate).fillna(self.global_rate).to_numpy(dtype=float)
 
     def total_pred(self, records: pd.DataFrame) -> np.ndarray:
         elements = element_frame(records)
@@ -33,7 +33,7 @@ class PriorModel:
 
 def fit_prior(records: pd.DataFrame) -> PriorModel:
     elements = element_frame(records)
-    rate = elements.groupby("category_norm")["target"].mean().to_dict()
+    rate = elements.groupby("category")["target"].mean().to_dict()
     glob = float(elements["target"].mean())
     model = PriorModel(rate, glob, 0.0, float(records["total_score"].mean()))
     x = pd.Series(model.element_pred(elements), index=elements.index).groupby(elements["img_path"]).mean()
@@ -59,8 +59,7 @@ def predict_questions(model: PriorModel, records: pd.DataFrame, name: str, fold:
         tot[f"p_{lab}"] = np.where(lo == lab, 1 - frac, 0.0) + np.where(lo + 1 == lab, frac, 0.0)
     out["total"] = tot
     el = q[q["task"] == "element"].copy()
-    el["category_norm"] = el["category"]
     el["pred"] = model.element_pred(el)
     el["p_1"], el["p_0"] = el["pred"], 1 - el["pred"]
-    out["element"] = el.drop(columns="category_norm")
+    out["element"] = el
     return out

@@ -233,7 +233,8 @@ def load_records(path: str | Path, with_report: bool = False, labelled: bool = F
 
 
 def element_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per element: img_path, prompt_id, element_key, element_text, category, category_norm, target."""
+    """One row per element: img_path, prompt_id, element_key, element_text, category_raw (as the
+    key writes it), category (normalised, as in every question table), target."""
     rows = []
     for rec in records.itertuples(index=False):
         for key in rec.element_keys:
@@ -241,7 +242,7 @@ def element_frame(records: pd.DataFrame) -> pd.DataFrame:
             rows.append((rec.img_path, rec.prompt_id, key, text, cat, normalise_category(cat),
                          rec.element_scores[key]))
     return pd.DataFrame(rows, columns=["img_path", "prompt_id", "element_key", "element_text",
-                                       "category", "category_norm", "target"])
+                                       "category_raw", "category", "target"])
 
 
 def question_frame(records: pd.DataFrame) -> pd.DataFrame:

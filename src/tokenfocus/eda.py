@@ -38,7 +38,7 @@ def element_table(records: pd.DataFrame) -> pd.DataFrame:
     models = dict(zip(records["img_path"], records["t2i_model"]))
     votes = {(r.img_path, k): v for r in records.itertuples(index=False) for k, v in r.element_votes.items()}
     vote_lists = [votes.get(key) for key in zip(el["img_path"], el["element_key"])]
-    el["category_fine"] = el["category"].str.strip().str.lower()
+    el["category_fine"] = el["category_raw"].str.strip().str.lower()
     el["t2i_model"] = el["img_path"].map(models)
     el["n_votes"] = [len(v) if v else 0 for v in vote_lists]
     el["unanimous"] = [float(len(set(v)) == 1) if v else np.nan for v in vote_lists]
@@ -89,7 +89,7 @@ def generator_totals(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def generator_category_rates(elements: pd.DataFrame, min_count: int = 5, max_categories: int = 15,
-                             column: str = "category_norm") -> tuple[pd.DataFrame, pd.DataFrame]:
+                             column: str = "category") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Element positive rate and element count per (generator, category in ``column``).
 
     Rows: generators, best overall positive rate first; columns: the ``max_categories`` most
@@ -138,7 +138,7 @@ def total_vs_elements(records: pd.DataFrame, elements: pd.DataFrame) -> pd.DataF
 def overview_test_file(test: pd.DataFrame, train: pd.DataFrame) -> dict:
     """Counts of the test file and how much of its structure is hidden or unseen in training."""
     el = element_frame(test)
-    train_cats = set(element_frame(train)["category_norm"])
+    train_cats = set(element_frame(train)["category"])
     return {
         "records": len(test),
         "prompts": int(test["prompt_id"].nunique()),
@@ -147,7 +147,7 @@ def overview_test_file(test: pd.DataFrame, train: pd.DataFrame) -> dict:
         "hidden_type": int(test["type"].isna().sum()),
         "labelled": int(test["total_score"].notna().sum()),
         "prompts_also_in_train": int(test["prompt"].isin(set(train["prompt"])).sum()),
-        "categories_unseen_in_train": sorted(set(el["category_norm"]) - train_cats),
+        "categories_unseen_in_train": sorted(set(el["category"]) - train_cats),
     }
 
 
@@ -335,8 +335,8 @@ def total_vs_elements_chart(df: pd.DataFrame) -> Figure:
 def category_share_chart(train_el: pd.DataFrame, test_el: pd.DataFrame) -> Figure:
     """Share of elements per normalised category in the training and test files, side by side."""
     title = "Element categories: train vs test"
-    share = pd.DataFrame({"train": train_el["category_norm"].value_counts(normalize=True),
-                          "test": test_el["category_norm"].value_counts(normalize=True)}).fillna(0.0)
+    share = pd.DataFrame({"train": train_el["category"].value_counts(normalize=True),
+                          "test": test_el["category"].value_counts(normalize=True)}).fillna(0.0)
     if share.empty:
         return _no_data(title)
     share = share.sort_values("train", ascending=True)
@@ -476,7 +476,7 @@ def run_eda(train: pd.DataFrame, test: pd.DataFrame | None, out_dir: str | Path,
     fewest elements a generator x category cell needs to be shown in the heatmap."""
     out_dir = Path(out_dir)
     el = element_table(train)
-    cats = rates_by(el, "category_norm")
+    cats = rates_by(el, "category")
     gen_rates = rates_by(el, "t2i_model")
     gen_totals = generator_totals(train)
     rate, count = generator_category_rates(el, min_count=min_cell)
@@ -538,7 +538,7 @@ def run_eda(train: pd.DataFrame, test: pd.DataFrame | None, out_dir: str | Path,
             {"value": [", ".join(v) or "none" if isinstance(v, list) else v for v in overview.values()]},
             index=pd.Index([k.replace("_", " ") for k in overview], name="test"))
         test_el = element_frame(test)
-        summary["test"] = {**overview, "elements_per_category": _as_dict(test_el["category_norm"].value_counts())}
+        summary["test"] = {**overview, "elements_per_category": _as_dict(test_el["category"].value_counts())}
         plots["test_categories"] = ("Element categories, train vs test",
                                     lambda: category_share_chart(el, test_el))
 
