@@ -27,7 +27,7 @@ from tokenfocus import stages
 from tokenfocus.config import load_config
 from tokenfocus.infer import read_model_dumps
 from tokenfocus.parallel import available_cores
-from tokenfocus.train import run_training
+from tokenfocus.stages import run_training
 
 
 def experiment(base: dict, root: Path, name: str, folds: int, questions: int) -> Path:

@@ -8,7 +8,7 @@ Several GPUs: accelerate launch src/03_train.py --config ...
 import sys
 
 from tokenfocus.cli import add_jobs_option, run_stage, stage_parser
-from tokenfocus.train import run_training
+from tokenfocus.stages import run_training
 
 if __name__ == "__main__":
     p = stage_parser(__doc__)

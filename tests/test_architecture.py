@@ -69,5 +69,17 @@ def test_cycle_finder_finds_one():
 
 def test_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "tokenfocus.infer" in graph["tokenfocus.stages"]   # imported inside run_inference
+    assert "tokenfocus.plots" in graph["tokenfocus.ensemble.stage"]   # imported inside _write_outputs
     assert "tokenfocus.questions" in graph["tokenfocus.batches"]
+
+
+def test_stage_modules_alone_run_the_parallel_runner():
+    """One module per stage under tokenfocus.stages; only those share work out over processes."""
+    callers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "run_units" for a in node.names):
+                callers.add(module_name(path))
+    assert callers and all(c.startswith("tokenfocus.stages.") for c in callers), sorted(callers)
+    stage_modules = {module_name(p) for p in (PACKAGE / "stages").glob("*.py")}
+    assert {"tokenfocus.stages.train", "tokenfocus.stages.infer"} <= callers <= stage_modules

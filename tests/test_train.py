@@ -247,7 +247,7 @@ def test_merged_adapter_scores_like_unmerged(cfg):
 def test_folds_side_by_side_match_one_by_one(cfg):
     """Stage 03 with jobs=2 trains two folds in two worker processes: the same adapters as
     training each fold here, and the same per-fold table."""
-    from tokenfocus.train import run_training
+    from tokenfocus.stages import run_training
 
     if torch.cuda.is_available():
         pytest.skip("with a GPU folds train one after another")
@@ -291,7 +291,7 @@ training: {{lora_r: 4, lora_alpha: 8, structural_drop_rate: 0.0, warmup_steps: 1
 """)
     two = load_config(path)
     stages.make_fold_file(two)
-    from tokenfocus.train import run_training
+    from tokenfocus.stages import run_training
 
     run_training(two)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}

@@ -335,7 +335,7 @@ TRAIN = [
     md(r'''
     # 03 · Token-focus fine-tuning
 
-    **Stage:** `src/03_train.py` → `tokenfocus.train.run_training`. For every configured model,
+    **Stage:** `src/03_train.py` → `tokenfocus.stages.run_training`. For every configured model,
     task group (`mixed`: one model answers both question kinds; `separate`: one per kind) and fold:
     LoRA fine-tuning on the questions of the other four folds, the held-out fold scored after every
     epoch. **Writes:** `output/demo/models/<model>/<task>/fold<k>/` (the adapter as safetensors,
