@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tokenfocus.data import parse_records
-from tokenfocus.eda import (element_table, generator_category_rates, generator_weaknesses, md_table, run_eda)
+from tokenfocus.eda import (element_table, generator_category_rates, generator_weaknesses, md_table, write_report)
 
 
 def _rec(img, pid, prompt, typ, total, elements, n=3):
@@ -49,7 +49,7 @@ def frames():
 @pytest.fixture(scope="module")
 def eda_out(frames, tmp_path_factory):
     out = tmp_path_factory.mktemp("eda")
-    return out, run_eda(*frames, out, progress=False)
+    return out, write_report(*frames, out, progress=False)
 
 
 def test_files_are_valid_pngs_and_embedded(eda_out):
@@ -117,7 +117,7 @@ def test_test_overview(eda_out):
 
 
 def test_without_test_file(frames, tmp_path):
-    s = run_eda(frames[0], None, tmp_path, progress=False, min_cell=1)
+    s = write_report(frames[0], None, tmp_path, progress=False, min_cell=1)
     assert "test" not in s and not (tmp_path / "test_categories.png").exists()
     # per-generator rates (object, attribute-color, counting, location): GenA 1, .5, 1, 1; GenB .5, 1, 0, 0
     weak = s["train"]["weakest_category_per_generator"]

@@ -91,7 +91,7 @@ EDA = [
     md('''
     # 01 · Exploratory data analysis
 
-    **Stage:** `src/01_eda.py` → `tokenfocus.stages.run_eda` → `tokenfocus.eda.run_eda`.
+    **Stage:** `src/01_eda.py` → `tokenfocus.stages.run_eda` → `tokenfocus.eda.write_report`.
     **Reads:** `input/demo/train_list.json`, `test.json`. **Writes:** `output/demo/eda/` (PNG plots,
     `summary.md`, `summary.json`).
 

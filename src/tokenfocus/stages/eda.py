@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import Config
-from ..eda import run_eda as eda
+from ..eda import write_report
 from ..experiment import load_split
 from .common import _skip
 
@@ -12,6 +12,6 @@ def run_eda(cfg: Config, force: bool = False) -> str | None:
     out = cfg.exp_dir / "eda"
     if _skip([out / "summary.md"], force, "eda"):
         return None
-    summary = eda(load_split(cfg, "train"), load_split(cfg, "test"), out)
+    summary = write_report(load_split(cfg, "train"), load_split(cfg, "test"), out)
     n_plots = sum(f.endswith(".png") for f in summary["files"])
     return f"EDA: {n_plots} plots and summary.md in {out}"
