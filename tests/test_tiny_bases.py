@@ -114,3 +114,22 @@ def test_bases_answer_fresh_generic_questions_above_the_majority(mtb, family):
     majority = mtb.majority_baseline(examples)
     for qtype in ("color", "color_of", "background", "caption"):
         assert acc[qtype] > majority[qtype] + 0.1, (qtype, acc[qtype], majority[qtype])
+
+
+def test_aligned_layout_gives_each_shape_a_token_cell_of_its_own(mtb):
+    """render_scene(aligned=True) (the vision probe's option) puts every drawn shape's centre in a
+    cell of its own; the default layout stays as it was."""
+    import numpy as np
+
+    from tokenfocus.demo.render import render_scene
+
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        item = mtb.draw_item(rng, aligned=True)
+        shapes = sum(o.count for o in item["drawn"].objects if not o.partial)
+        centres = sum(mtb.CENTRE_WORD in words for words in item["words"])
+        assert centres >= shapes, (centres, shapes)
+        scene = item["drawn"]
+        default = np.asarray(render_scene(scene, 112, np.random.default_rng(1)))
+        assert np.array_equal(default, np.asarray(render_scene(scene, 112, np.random.default_rng(1), aligned=False)))
+        assert not np.array_equal(default, np.asarray(render_scene(scene, 112, np.random.default_rng(1), aligned=True)))

@@ -258,13 +258,13 @@ CHECK_GENERATOR = Generator("pretrain-generic", drop_object=0.2, shape_swap=0.1,
                             distortion=0.03, extra_object=0.1)
 
 
-def draw_item(rng: np.random.Generator) -> dict:
+def draw_item(rng: np.random.Generator, aligned: bool = False) -> dict:
     """A fresh pre-training scene: intended scene and prompt, the generic generator's drawing,
     its image and the words of each image-token cell."""
     intended = demo_scene.sample_scene(rng)
     prompt = demo_scene.write_prompt(intended, rng, "real" if rng.random() < 0.5 else "synthetic")
     drawn = generate(intended, CHECK_GENERATOR, rng)
-    image, words = render_with_regions(drawn, int(rng.integers(2 ** 31)))
+    image, words = render_with_regions(drawn, int(rng.integers(2 ** 31)), aligned)
     return {"image": image, "words": words, "prompt": prompt, "drawn": drawn}
 # ---------------------------------------------------------------------------------- tokenizer
 
@@ -414,7 +414,7 @@ def region_words() -> tuple[str, ...]:
             + (CENTRE_WORD,))
 
 
-def render_with_regions(scene, seed: int) -> tuple:
+def render_with_regions(scene, seed: int, aligned: bool = False) -> tuple:
     """The image, and for each of the GRID x GRID image-token cells (raster order) its words.
 
     A second render of the same scene (same jitter seed) with plain fills on a blank background
@@ -422,12 +422,12 @@ def render_with_regions(scene, seed: int) -> tuple:
     covers at least REGION_MIN_COVER of it; the cell holding the centre of each drawn shape
     also gets CENTRE_WORD; every cell gets the background and the style.
     """
-    image = render_scene(scene, size=IMAGE_SIZE, rng=np.random.default_rng(seed))
+    image = render_scene(scene, size=IMAGE_SIZE, rng=np.random.default_rng(seed), aligned=aligned)
     flat = scene.copy()
     flat.style, flat.background = "none", "snow"
     for o in flat.objects:
         o.texture = "plain"
-    pixels = np.asarray(render_scene(flat, size=IMAGE_SIZE, rng=np.random.default_rng(seed))).astype(int)
+    pixels = np.asarray(render_scene(flat, size=IMAGE_SIZE, rng=np.random.default_rng(seed), aligned=aligned)).astype(int)
     cell = IMAGE_SIZE // GRID
     words = [[scene.background] + ([scene.style] if scene.style != "none" else []) for _ in range(GRID * GRID)]
     for g, o in enumerate(scene.objects):

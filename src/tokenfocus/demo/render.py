@@ -179,8 +179,14 @@ def _apply_style(im: Image.Image, style: str) -> Image.Image:
     raise ValueError(f"unknown style {style!r}")
 
 
-def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None = None) -> Image.Image:
-    """The scene as an RGB ``size`` x ``size`` image; ``rng`` jitters positions (default: fixed)."""
+def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None = None,
+                 aligned: bool = False) -> Image.Image:
+    """The scene as an RGB ``size`` x ``size`` image; ``rng`` jitters positions (default: fixed).
+
+    ``aligned`` (an experimental layout, not the demo's): every shape inside one cell of an
+    ``ALIGNED_CELLS`` x ``ALIGNED_CELLS`` grid, at ``ALIGNED_FRACTION`` of the cell, groups in
+    distinct cells along the layout axis (in scene order) and a group's shapes in distinct cells
+    across it, so that a vision model's 16 px token at 112 px sees a shape whole."""
     if rng is None:
         rng = np.random.default_rng(0)
     if scene.layout not in ("row", "column"):
@@ -188,6 +194,9 @@ def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None 
     sketch = scene.style == "sketch"
     bg = _background(scene.background, size)
     im = Image.blend(bg, Image.new("RGB", bg.size, PAPER), 0.7) if sketch else bg.copy()
+    if aligned:
+        _place_aligned(im, scene, size, rng, sketch)
+        return _apply_style(im, scene.style)
     n = len(scene.objects)
     for gi, obj in enumerate(scene.objects):
         slot = size / n
@@ -206,3 +215,27 @@ def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None 
             cx, cy = (along, across) if scene.layout == "row" else (across, along)
             im.paste(sprite, (int(round(cx - px / 2)), int(round(cy - px / 2))), sprite)
     return _apply_style(im, scene.style)
+
+
+ALIGNED_CELLS = 7
+ALIGNED_FRACTION = {"small": 0.6, "medium": 0.78, "big": 0.96}
+
+
+def _place_aligned(im: Image.Image, scene: Scene, size: int, rng: np.random.Generator, sketch: bool) -> None:
+    cell = size / ALIGNED_CELLS
+    along_cells = np.sort(rng.choice(ALIGNED_CELLS, size=min(len(scene.objects), ALIGNED_CELLS), replace=False))
+    for gi, obj in enumerate(scene.objects):
+        count = min(max(1, int(obj.count)), ALIGNED_CELLS)
+        px = max(6, int(round(ALIGNED_FRACTION[obj.size] * cell)))
+        rgb = object_rgb(obj)
+        across_cells = np.sort(rng.choice(ALIGNED_CELLS, size=count, replace=False))
+        for k in range(count):
+            variant = 1 + int(rng.integers(3)) if obj.distorted else 0
+            sprite = _sprite(obj.shape, rgb, px, obj.texture, sketch, variant)
+            wobble = rng.uniform(-1, 1, 2) * max(0.0, cell - px) * 0.4
+            along = (along_cells[gi % len(along_cells)] + 0.5) * cell + wobble[0]
+            across = (across_cells[k] + 0.5) * cell + wobble[1]
+            if obj.partial and k == count - 1:
+                across = size + px * 0.15  # most of the last shape falls outside the frame
+            cx, cy = (along, across) if scene.layout == "row" else (across, along)
+            im.paste(sprite, (int(round(cx - px / 2)), int(round(cy - px / 2))), sprite)
