@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .errors import InputError
 from .io import write_parquet
@@ -76,8 +77,7 @@ def model_kinds(preds_dir: str | Path) -> dict[str, str]:
             continue
         kinds = set()
         for f in files:
-            cols = pd.read_parquet(f, columns=None).columns
-            if "kind" not in cols:
+            if "kind" not in pq.read_schema(f).names:   # the file's footer only, no data read
                 raise DumpError(f"{f}: missing column(s) ['kind'] (a dump from before model kinds; "
                                 "re-run the inference stage with --force)")
             kinds.add(_check_kind(pd.read_parquet(f, columns=["kind"]), str(f)))

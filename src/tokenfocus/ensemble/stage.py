@@ -210,13 +210,14 @@ def _meta_predictions(fr: Frames, s: EnsembleSettings, meta: str, feature_set: s
     return oof_pred, test_pred
 
 
-def stacking_methods(fr: Frames, s: EnsembleSettings) -> list[Method]:
+def stacking_methods(fr: Frames, s: EnsembleSettings) -> tuple[list[Method], list[Method]]:
     """The metadata-only model, stacking on the base predictions, and stacking with the
-    statistic features, each meta-model alone and (several) averaged."""
+    statistic features, each meta-model alone and (several) averaged; returns every method and
+    those of one meta-model each (what the blend weighs)."""
     jobs = [("metadata-only", "metadata", "stats", [s.meta_models[-1]]),
             ("stacking", "stacking", "preds", s.meta_models),
             ("stacking+features", "stacking+features", "preds+stats", s.meta_models)]
-    methods = []
+    methods, singles = [], []
     with tqdm(total=sum(len(j[3]) for j in jobs) * len(TASKS), desc="meta-models", disable=not s.progress,
               leave=False) as bar:
         for label, kind, feature_set, metas in jobs:
@@ -225,20 +226,21 @@ def stacking_methods(fr: Frames, s: EnsembleSettings) -> list[Method]:
                 (oof_pred, test_pred), = per_meta.values()
                 methods.append(Method(label, kind, oof_pred, test_pred, note=f"{metas[0]} on record features only"))
                 continue
-            methods += [Method(f"{label}: {meta}", kind, o, t, note="nested CV on OOF", models=tuple(fr.base))
+            singles += [Method(f"{label}: {meta}", kind, o, t, note="nested CV on OOF", models=tuple(fr.base))
                         for meta, (o, t) in per_meta.items()]
+            methods += singles[-len(per_meta):]
             if len(per_meta) > 1:
                 methods.append(Method(f"{label}: {'+'.join(per_meta)}", kind,
                                       np.mean([v[0] for v in per_meta.values()], axis=0),
                                       np.mean([v[1] for v in per_meta.values()], axis=0),
                                       note="mean of the meta-models", models=tuple(fr.base)))
-    return methods
+    return methods, singles
 
 
-def blending_method(fr: Frames, s: EnsembleSettings, stacked: Sequence[Method]) -> tuple[Method, dict]:
-    """Non-negative blend of the base models and each stacking meta-model (not their averages),
-    scored with nested CV like the stacking; returns the method and each task's fitted blend."""
-    meta = [m for m in stacked if m.kind != "metadata" and m.name.split(": ", 1)[1] in s.meta_models]
+def blending_method(fr: Frames, meta: Sequence[Method]) -> tuple[Method, dict]:
+    """Non-negative blend of the base models and the stacking meta-models ``meta`` (one each, not
+    their averages), scored with nested CV like the stacking; returns the method and each task's
+    fitted blend."""
     blend_info = {}
     oof_blend, test_blend = np.full(len(fr.oof), np.nan), np.full(len(fr.test), np.nan)
     for task in TASKS:
@@ -272,8 +274,8 @@ def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, fol
     fr = load_frames(exp_dir, _as_records(train_records, "train_records"), test, _as_folds(folds, exp_dir), s,
                      truth_records)
 
-    stacked = stacking_methods(fr, s)
-    blended, blend_info = blending_method(fr, s, stacked)
+    stacked, single_meta = stacking_methods(fr, s)
+    blended, blend_info = blending_method(fr, single_meta)
     methods = [*base_methods(fr), *stacked, blended]
     for m in methods:
         m.oof, m.test = finalise(fr.oof, m.oof), finalise(fr.test, m.test)
