@@ -32,8 +32,20 @@ by a 2-layer per-token MLP on the same processor tokens, loss and loop. Measured
   same tokens of 2,900 single-shape cells reaches 0.87 held out.
 So on aligned scenes the tokens carry the shapes and a token-local model learns them in
 minutes, while the native tower as configured does not (gradients reach its patch embedding,
-and its output tokens are in the input's order: both checked). Why is the open question for
-the bases.
+and its output tokens are in the input's order: both checked).
+
+Why, measured on aligned scenes, batch 8, lr 1e-3, 2 threads, 2,000 steps on a 16,000-image
+pool (shape_cell_accuracy after 500 / 1,000 / 1,500 / 2,000 steps):
+- not depth, learning rate or init scale: depth 0 (patch embedding and merger only) 0.22-0.26;
+  depth 2 at lr 3e-3 0.22 at 1,000; depth 4 with ``--init-range`` 0.05 or 0.09 0.22 / 0.25;
+- the RMSNorm that the tower applies to each 16 px patch embedding (it has no bias): a
+  per-token MLP reaches .28 / .37 / .42 / .50, the same MLP with a 128-wide linear layer in
+  front .25 / .26 / .31 / .38, and with RMSNorm after that layer (the tower at depth 0) only
+  .26 / .25 / .28 / .27;
+- the fix: small patches merged many-to-one. 4 px patches merged 4 x 4 (784 patches, the same
+  49 tokens; ``--patch 4 --merge 4``), depth 1, 64 wide: .33 / .56 / .59 / .66, better than the
+  per-token MLP. Each 4 px sub-patch is normalised on its own and the merger sees the 4 x 4
+  silhouette. The demo's bases use this layout.
 """
 from __future__ import annotations
 
@@ -105,6 +117,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init-range", type=float, default=0.02,
+                    help="the tower's initializer_range (std of its linear weights at init)")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log", type=Path, default=Path("probe_vision.jsonl"))
@@ -119,7 +133,8 @@ def main(argv=None) -> None:
     vc = Qwen2_5_VLConfig(vision_config=dict(
         depth=a.depth, hidden_size=a.hidden, intermediate_size=2 * a.hidden, num_heads=4, in_channels=3,
         patch_size=a.patch, spatial_merge_size=a.merge, temporal_patch_size=2, window_size=a.size,
-        out_hidden_size=OUT_HIDDEN, fullatt_block_indexes=[a.depth - 1])).vision_config
+        out_hidden_size=OUT_HIDDEN, fullatt_block_indexes=[a.depth - 1],
+        initializer_range=a.init_range)).vision_config
     tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(vc)
     if a.tower == "mlp":
         tower = torch.nn.Sequential(torch.nn.Linear(3 * 2 * a.patch * a.patch, 2 * OUT_HIDDEN), torch.nn.GELU(),
