@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokenfocus.baseline import fit_prior, predict_questions
+from tokenfocus.baseline import fit_prior, prior_dumps
 from tokenfocus.data import parse_records, question_frame
 from tokenfocus.dumps import DumpError, dump_path, write_dump
 from tokenfocus.ensemble import (EnsembleSettings, apply_threshold, ceiling_metrics, fit_blend,
                                  fit_meta, fit_threshold, load_dumps,
-                                 nested_blend_predict, nested_cv_predict, run_ensemble,
+                                 nested_blend_predict, nested_cv_predict, build_leaderboard,
                                  score_questions)
 from tokenfocus.folds import make_folds
 from tokenfocus.submission import load_submission, validate_submission
@@ -116,7 +116,7 @@ def write_synthetic_experiment(exp_dir, seed=0, n_train=60, n_test=15):
                     write_dump(part, dump_path(preds_dir, name, task, split, k), part, task)
         prior = fit_prior(train_f[train_f["fold"] != k])
         for split, recs in (("oof", held), ("test", test)):
-            for task, df in predict_questions(prior, recs, "prior", k).items():
+            for task, df in prior_dumps(prior, recs, "prior", k).items():
                 write_dump(df, dump_path(preds_dir, "prior", task, split, k), df, task)
     return train, test, truth, folds
 
@@ -131,7 +131,7 @@ def experiment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(experiment):
     exp_dir, train, test, truth, folds = experiment
-    lb = run_ensemble(exp_dir, train, test, folds, dict(FAST), truth_records=truth,
+    lb = build_leaderboard(exp_dir, train, test, folds, dict(FAST), truth_records=truth,
                       noise_ceiling={"srcc": 0.9, "plcc": 0.9, "acc": 0.9, "final": 0.9})
     return lb
 
@@ -374,7 +374,7 @@ def test_structural_modes_work_when_test_hides_them(experiment, tmp_path, mode, 
     _copy_preds(exp_dir, tmp_path)
     settings = dict(FAST, structural=mode, test_inputs=test_inputs, meta_models=["lightgbm"],
                     inner_cv=False, plots=with_truth)
-    lb = run_ensemble(tmp_path, train, test, folds, settings, truth_records=truth if with_truth else None)
+    lb = build_leaderboard(tmp_path, train, test, folds, settings, truth_records=truth if with_truth else None)
     info = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())
     assert set(info["structural_features"]) == {"type", "t2i_model"}
     assert "noise ceiling" not in set(lb["method"])

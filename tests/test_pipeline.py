@@ -72,6 +72,31 @@ def test_rerun_skips_finished_work(tiny_cfg, caplog):
     assert "skipping" in caplog.text
 
 
+def test_ensemble_reruns_only_when_one_of_its_inputs_changes(tiny_cfg, caplog):
+    """The done rule: stage 05's marker records the sha256 of every dump, the folds, the records
+    and the ensemble settings it was made from."""
+    cfg = tiny_cfg
+    stages.run_ensemble(cfg)
+    marker = cfg.exp_dir / "ensemble" / "done.json"
+    made = json.loads(marker.read_text())["made_from"]
+    assert any(k.startswith("preds/prior/") for k in made["inputs"]) and made["settings"]["meta_models"]
+    with caplog.at_level("INFO", logger="tokenfocus"):
+        stages.run_ensemble(cfg)
+    assert "ensemble: made from these dumps and settings already, skipping" in caplog.text
+    board = cfg.exp_dir / "leaderboard.csv"
+    stamp = board.stat().st_mtime_ns
+    dump = next((cfg.exp_dir / "preds" / "prior").rglob("oof_fold0.parquet"))
+    original = dump.read_bytes()
+    df = pd.read_parquet(dump)
+    df["pred"] = 1 - df["pred"]
+    df.to_parquet(dump)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tokenfocus"):
+        stages.run_ensemble(cfg)
+    assert "skipping" not in caplog.text and board.stat().st_mtime_ns != stamp
+    dump.write_bytes(original)
+
+
 def test_outputs_of_other_labels_are_refused(tiny_cfg, tmp_path):
     """Kept folds (and so adapters and predictions) made from one training file are not joined to
     another: the check names the experiment, the file and what to do."""

@@ -43,7 +43,7 @@ def fit_prior(records: pd.DataFrame) -> PriorModel:
     return model
 
 
-def predict_questions(model: PriorModel, records: pd.DataFrame, name: str, fold: int) -> dict[str, pd.DataFrame]:
+def prior_dumps(model: PriorModel, records: pd.DataFrame, name: str, fold: int) -> dict[str, pd.DataFrame]:
     """Dump-shaped predictions for ``records`` (one frame per task). Probabilities are those of
     the closest two-level split of the expected value, so p_<label> stays consistent with pred."""
     q = question_frame(records)

@@ -8,6 +8,7 @@ read and validated), and every later read compares (``check_training_data``).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -88,3 +89,26 @@ def recorded_settings(cfg: Config) -> dict:
 
 def record_settings(cfg: Config, stage: str, settings: dict) -> None:
     write_json(cfg.exp_dir / SETTINGS_RECORD, {**recorded_settings(cfg), stage: settings})
+
+
+DONE_MARKER = "done.json"
+
+
+def made_from(inputs: list[Path], settings: dict | None = None, root: Path | None = None) -> dict:
+    """What a stage's outputs are made from: the sha256 of every input file (keyed by its path,
+    relative to ``root`` when given) and the settings they depend on."""
+    def key(p: Path) -> str:
+        return str(p.relative_to(root)) if root is not None and p.is_relative_to(root) else str(p)
+    made = {"inputs": {key(p): file_sha256(p) for p in sorted(map(Path, inputs)) if p.is_file()},
+            "settings": settings or {}}
+    return json.loads(json.dumps(made, default=str))  # as the marker reads back (tuples as lists)
+
+
+def is_done(marker: Path, made: dict) -> bool:
+    """The done rule: the marker, written last, records exactly these inputs and settings."""
+    return marker.is_file() and read_json(marker).get("made_from") == made
+
+
+def mark_done(marker: Path, made: dict, **extra) -> None:
+    """Write the marker (last, once every output is in place)."""
+    write_json(marker, {"made_from": made, **extra})

@@ -27,10 +27,10 @@ from .common import PRED, TASKS
 from .leaderboard import ceiling_metrics, finalise, score_questions, truth_frame
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict
-from .stage import ensemble_stage, format_leaderboard, run_ensemble
+from .stage import build_leaderboard, ensemble_stage, format_leaderboard
 
 __all__ = ["EnsembleSettings", "PRED", "TASKS", "add_image_features", "apply_blend", "apply_threshold",
            "ceiling_metrics", "design_matrix", "ensemble_stage", "finalise", "fit_blend", "fit_meta",
            "fit_task_blend", "fit_threshold", "format_leaderboard", "load_dumps",
            "meta_factory", "nested_blend_predict", "nested_cv_predict", "prediction_table",
-           "run_ensemble", "score_questions", "truth_frame"]
+           "build_leaderboard", "score_questions", "truth_frame"]

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data import load_records, question_frame, records_to_json
+from ..data import load_records, question_frame, read_json, records_to_json
 from ..dumps import DumpError, load_dumps, model_kinds
 from ..features import KEY, encode_categoricals, feature_columns, question_features, structural_available
 from ..io import write_csv, write_json, write_parquet
 from ..config import EnsembleSettings
 from ..errors import InputError
+from ..experiment import DONE_MARKER, is_done, made_from, mark_done
 from .common import Method, PRED, TASKS
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict, structural_masker
@@ -260,9 +261,9 @@ def blending_method(fr: Frames, meta: Sequence[Method]) -> tuple[Method, dict]:
                   models=tuple(fr.base)), blend_info
 
 
-def run_ensemble(exp_dir: str | Path, train_records: Any, test_records: Any, folds: Any = None,
-                 settings: Any = None, truth_records: Any = None, noise_ceiling: Any = None
-                 ) -> pd.DataFrame:
+def build_leaderboard(exp_dir: str | Path, train_records: Any, test_records: Any, folds: Any = None,
+                      settings: Any = None, truth_records: Any = None, noise_ceiling: Any = None
+                      ) -> pd.DataFrame:
     """Every method's OOF (and, with truth, test) scores -> ``<exp_dir>/leaderboard.csv``; the best
     method by OOF Final -> ``<exp_dir>/submission/submission.zip``; plots and per-method predictions
     -> ``<exp_dir>/ensemble/``. Returns the leaderboard (its ``attrs`` hold the submission path and
@@ -366,32 +367,34 @@ def _cuda_available() -> bool:
 
 
 def ensemble_stage(cfg, force: bool = False, settings: Any = None) -> pd.DataFrame | None:
-    """Stage 05 from an experiment config: skipped when the leaderboard is newer than every dump."""
-    from ..data import read_json
-
+    """Stage 05 from an experiment config: skipped while every dump, the folds, the records and
+    the ensemble settings are the ones its done marker records."""
     exp_dir = Path(cfg.exp_dir)
     lb_path = exp_dir / "leaderboard.csv"
     sub_path = exp_dir / "submission" / "submission.zip"
+    info_path = exp_dir / "ensemble" / "ensemble.json"
+    marker = exp_dir / "ensemble" / DONE_MARKER
+    if settings is None:
+        settings = getattr(cfg, "ensemble", None)
+    s = EnsembleSettings.coerce(settings)
     dumps = list((exp_dir / "preds").glob("*/*/*.parquet"))
-    inputs = [*dumps, Path(cfg.folds_path), Path(cfg.train_path), Path(cfg.test_path)]
-    if getattr(cfg, "source", ""):
-        inputs.append(Path(cfg.source))  # changed ensemble settings redo the stage
-    if not force and lb_path.is_file() and sub_path.is_file() and dumps and \
-            lb_path.stat().st_mtime >= max(p.stat().st_mtime for p in inputs if p.exists()):
-        log.info("ensemble: outputs newer than every input, skipping (use --force to redo): %s", lb_path)
+    made = made_from([*dumps, Path(cfg.folds_path), Path(cfg.train_path), Path(cfg.test_path)],
+                     dataclasses.asdict(s), root=exp_dir)
+    if not force and dumps and lb_path.is_file() and sub_path.is_file() and is_done(marker, made):
+        log.info("ensemble: made from these dumps and settings already, skipping (use --force to redo): %s", lb_path)
         lb = pd.read_csv(lb_path)
-        info_path = exp_dir / "ensemble" / "ensemble.json"
         best = read_json(info_path).get("best_method") if info_path.is_file() else None
         lb.attrs.update({"submission": str(sub_path), "best_method": best})
         return lb
-    if settings is None:
-        settings = getattr(cfg, "ensemble", None)
+    marker.unlink(missing_ok=True)
     eval_path = getattr(cfg, "eval_path", None)
     ceiling_path = getattr(cfg, "noise_ceiling_path", None)
     truth = read_json(eval_path) if eval_path is not None and Path(eval_path).is_file() else None
     ceiling = read_json(ceiling_path) if ceiling_path is not None and Path(ceiling_path).is_file() else None
-    return run_ensemble(exp_dir, load_records(cfg.train_path), load_records(cfg.test_path),
-                        cfg.folds_path, settings, truth, ceiling)
+    lb = build_leaderboard(exp_dir, load_records(cfg.train_path), load_records(cfg.test_path),
+                           cfg.folds_path, s, truth, ceiling)
+    mark_done(marker, made)
+    return lb
 
 
 def format_leaderboard(lb: pd.DataFrame) -> str:

@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 
-from ..baseline import fit_prior, predict_questions
+from ..baseline import fit_prior, prior_dumps
 from ..config import Config
 from ..data import question_frame, read_json
 from ..dumps import dump_path, write_dump
@@ -32,7 +32,7 @@ def run_prior_baseline(cfg: Config, force: bool = False) -> dict:
         model = fit_prior(train[train["fold"] != k])
         held = train[train["fold"] == k]
         for split, recs, acc in (("oof", held, oof), ("test", test, test_preds)):
-            dumps = predict_questions(model, recs, "prior", int(k))
+            dumps = prior_dumps(model, recs, "prior", int(k))
             q = question_frame(recs)
             for task, df in dumps.items():
                 write_dump(df, dump_path(preds_dir, "prior", task, split, int(k)), q[q["task"] == task], task)
