@@ -75,5 +75,6 @@ stage 03_train.py
 stage 04_infer.py
 stage 05_ensemble.py
 stage 06_evaluate.py
+stage 07_notebooks.py
 echo
 echo "done in $(( $(date +%s) - START )) s"

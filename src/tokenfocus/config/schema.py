@@ -12,6 +12,7 @@ from .coerce import ConfigError, build
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+CONFIG_ENV = "TOKENFOCUS_CONFIG"  # the experiment a notebook walks through (default: the demo)
 
 
 @dataclass

@@ -19,9 +19,10 @@ from .ensemble import final_submission, run_ensemble
 from .evaluate import evaluate_submission
 from .folds import make_fold_file
 from .infer import run_inference
+from .notebooks import run_notebooks
 from .train import run_training
 from .validate import validate_dataset
 
 __all__ = ["ABLATION_BOOTSTRAP", "ablation_table", "evaluate_submission", "final_submission", "load_truth_records",
-           "make_demo", "make_fold_file", "noise_ceiling", "run_eda", "run_ensemble", "run_inference",
+           "make_demo", "make_fold_file", "noise_ceiling", "run_eda", "run_ensemble", "run_inference", "run_notebooks",
            "run_prior_baseline", "run_training", "score_rows", "validate_dataset"]
