@@ -14,13 +14,11 @@ import pandas as pd
 
 from tokenfocus.config import CONFIG_ENV, DEFAULT_CONFIG, REPO_ROOT, Config, load_config
 
-ROOT = REPO_ROOT
-
 
 def rel(path) -> Path:
     """A path as shown: relative to the repository when it lies inside it."""
     path = Path(path)
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def present(path, written_by: str) -> bool:
@@ -37,7 +35,7 @@ def start(config: str | os.PathLike | None = None) -> tuple[Config, Path]:
     Returns the config and the experiment's output folder."""
     # Without ipywidgets tqdm falls back to text bars; its warning about that is noise here.
     warnings.filterwarnings("ignore", message="IProgress not found")
-    cfg = load_config(ROOT / (config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG))
+    cfg = load_config(REPO_ROOT / (config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG))
     pd.set_option("display.precision", 4)
     pd.set_option("display.max_colwidth", 90)
     pd.set_option("display.width", 160)

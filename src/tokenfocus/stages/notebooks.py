@@ -9,7 +9,6 @@ notebooks over ``notebooks/*.ipynb``, the committed copies that show their outpu
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -42,26 +41,12 @@ def read_source(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def execute(source: Path, config: str | None = None, timeout: int = CELL_TIMEOUT) -> nbformat.NotebookNode:
     """Run one source notebook in its own folder; raises nbclient's CellExecutionError (naming
     the cell) on the first failing cell."""
     nb = read_source(source)
-    with _env(CONFIG_ENV, config or ""):
-        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
-                       resources={"metadata": {"path": str(source.parent)}}).execute()
+    NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(source.parent)}}
+                   ).execute(env={**os.environ, CONFIG_ENV: config or ""})  # the kernel's environment
     return nb
 
 
