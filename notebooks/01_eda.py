@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Image, display
 
-from tokenfocus.notebook import present, start
+from tokenfocus.notebook import present, rel, start
 
 cfg, EXP = start()  # the demo; TOKENFOCUS_CONFIG=configs/X.yaml walks through another experiment
 
@@ -58,11 +58,14 @@ cfg, EXP = start()  # the demo; TOKENFOCUS_CONFIG=configs/X.yaml walks through a
 # reproduce them.
 
 # %%
+from dataclasses import replace
+
 from tokenfocus.data import element_frame, load_records
 
 train, report = load_records(cfg.train_path, with_report=True)
 test, test_report = load_records(cfg.test_path, with_report=True)
-print("\n".join(report.lines() + test_report.lines()))
+# (file names shown relative to the repository)
+print("\n".join(line for r in (report, test_report) for line in replace(r, path=str(rel(r.path))).lines()))
 train[["img_path", "prompt", "type", "t2i_model", "total_score", "n_annotators", "element_keys"]].head()
 
 # %%

@@ -136,7 +136,7 @@ pd.DataFrame(rows).set_index(["model", "phase"]).round(3) if rows else None
 # %% [markdown]
 # ## One training question as the model sees it
 #
-# The question table (`tokenfocus.questions.build_questions`) has one row per image and
+# The question table (`tokenfocus.questions.question_frame`) has one row per image and
 # question: the total question, then one per element. Fold 0's training rows are the other
 # folds' questions, subsampled to the demo's budget.
 
@@ -233,12 +233,12 @@ label_table.pivot(index=["task", "label"], columns="model", values="id (token)")
 # %%
 from tokenfocus.infer import task_probabilities
 from tokenfocus.loss import answer_label_logits
-from tokenfocus.questions import build_questions
+from tokenfocus.questions import question_frame
 from tokenfocus.batches import TokenFocusCollator
 from tokenfocus.train import token_focus_loss
 
 if have_folds:
-    rows = build_questions(train[train["img_path"] == example["img_path"]]).to_dict("records")
+    rows = question_frame(train[train["img_path"] == example["img_path"]]).to_dict("records")
     batch = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)(rows)
     task, target, std = batch.pop("tf_task"), batch.pop("tf_target"), batch.pop("tf_std")
     inputs = adapter.prepare(batch)
@@ -300,7 +300,7 @@ soft.round(3)
 # %% [markdown]
 # ## Training outputs
 #
-# What stage 03 has produced so far: per model, task group and fold, whether the adapter is
+# What stage 03 has produced so far: per model, question group and fold, whether the adapter is
 # published (`train_done.json`), still in progress (a checkpoint in `.work_fold<k>/`), or not
 # started.
 
@@ -316,7 +316,7 @@ for m in cfg.models + cfg.ablation_models():
             ckpts = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if work.is_dir() else []
             state = ("trained" if is_trained(out)
                      else f"in progress or interrupted ({ckpts[-1].name})" if ckpts else "not started")
-            status.append({"model": m.name, "task": grp, "fold": k, "status": state, "path": rel(out)})
+            status.append({"model": m.name, "group": grp, "fold": k, "status": state, "path": rel(out)})
 status = pd.DataFrame(status)
 trained = status[status["status"] == "trained"]
 print(f"{len(trained)} of {len(status)} fold adapters trained")
@@ -328,12 +328,12 @@ status
 # %%
 cards = []
 for r in trained.itertuples():
-    card = json.loads((model_dir(cfg, r.model, r.task, r.fold) / "train_done.json").read_text())
-    cards.append({"model": r.model, "task": r.task, "fold": r.fold,
+    card = json.loads((model_dir(cfg, r.model, r.group, r.fold) / "train_done.json").read_text())
+    cards.append({"model": r.model, "group": r.group, "fold": r.fold,
                   **{k: card.get(k) for k in ("train_questions", "eval_questions", "global_step",
                                               "train_loss", "train_runtime_s")}})
 if cards:
-    display(pd.DataFrame(cards).set_index(["model", "task", "fold"]))
+    display(pd.DataFrame(cards).set_index(["model", "group", "fold"]))
 
 # %% [markdown]
 # ### Held-out metrics per epoch and per fold
@@ -345,30 +345,30 @@ if cards:
 # %%
 lines = []
 for r in trained.itertuples():
-    path = model_dir(cfg, r.model, r.task, r.fold) / "metrics.jsonl"
+    path = model_dir(cfg, r.model, r.group, r.fold) / "metrics.jsonl"
     if path.is_file():
-        lines += [{"model": r.model, "task": r.task, "fold": r.fold, **json.loads(x)}
+        lines += [{"model": r.model, "group": r.group, "fold": r.fold, **json.loads(x)}
                   for x in path.read_text().splitlines() if x.strip()]
 metrics = pd.DataFrame(lines)
 if metrics.empty:
     print("no metrics.jsonl yet (written per epoch while stage 03 trains a fold)")
 else:
     cols = [c for c in ("srcc", "plcc", "acc", "final") if c in metrics]
-    display(metrics[["model", "task", "fold", "epoch", "step", *cols]])
-    last = metrics.sort_values("epoch").groupby(["model", "task", "fold"]).tail(1)
-    for (model, task), part in last.groupby(["model", "task"]):
+    display(metrics[["model", "group", "fold", "epoch", "step", *cols]])
+    last = metrics.sort_values("epoch").groupby(["model", "group", "fold"]).tail(1)
+    for (model, group), part in last.groupby(["model", "group"]):
         per_fold = part.set_index("fold")[cols].sort_index()
         per_fold.index = [f"fold {k}" for k in per_fold.index]
         per_fold.loc["mean"] = per_fold.mean()
         per_fold.loc["std"] = per_fold.iloc[:-1].std()
-        print(f"{model} ({task}): held-out scores per fold, last epoch")
+        print(f"{model} ({group}): held-out scores per fold, last epoch")
         display(per_fold.rename(columns=str.upper))
 
 # %%
 if not metrics.empty:
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2), squeeze=False)
     for ax, col in zip(axes[0], cols):
-        for (model, task, fold), part in metrics.groupby(["model", "task", "fold"]):
+        for (model, group, fold), part in metrics.groupby(["model", "group", "fold"]):
             ax.plot(part["epoch"], part[col], marker="o", label=f"{model} f{fold}")
         ax.set_title(col.upper()), ax.set_xlabel("epoch")
     axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

@@ -204,7 +204,7 @@ from tokenfocus.fastscore import naive_label_logits, prefix_label_logits
 from tokenfocus.infer import task_probabilities
 from tokenfocus.questions import label_logit_table
 from tokenfocus.models import load_model_adapter, load_trained
-from tokenfocus.questions import build_questions, question_text
+from tokenfocus.questions import question_frame, question_text
 from tokenfocus.batches import load_image
 from tokenfocus.experiment import is_trained, model_dir
 from tokenfocus.questions import task_groups
@@ -221,7 +221,7 @@ else:
     model = adapter.model
     print(f"model: {mcfg.name} base (no trained fold-0 adapter yet)")
 
-q = build_questions(load_records(cfg.test_path))
+q = question_frame(load_records(cfg.test_path))
 paths = list(dict.fromkeys(q["img_path"]))[:2]
 per_image = [q[q["img_path"] == p].to_dict("records") for p in paths]
 images = [load_image(cfg.image_dir, p) for p in paths]

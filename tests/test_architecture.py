@@ -69,7 +69,7 @@ def test_cycle_finder_finds_one():
 
 def test_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "tokenfocus.plots" in graph["tokenfocus.ensemble.stage"]   # imported inside _write_outputs
+    assert "tokenfocus.plots" in graph["tokenfocus.ensemble.outputs"]   # imported inside write_outputs
     assert "tokenfocus.questions" in graph["tokenfocus.batches"]
 
 
@@ -83,3 +83,13 @@ def test_stage_modules_alone_run_the_parallel_runner():
     assert callers and all(c.startswith("tokenfocus.stages.") for c in callers), sorted(callers)
     stage_modules = {module_name(p) for p in (PACKAGE / "stages").glob("*.py")}
     assert {"tokenfocus.stages.train", "tokenfocus.stages.infer"} <= callers <= stage_modules
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_every_module_has_one_role_and_stays_small():
+    """Each module of the package stays under MAX_MODULE_LINES lines (split by role beyond)."""
+    sizes = {module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    big = {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -31,11 +32,10 @@ def test_final_phase_test_records(raw_test, write_json):
     el = element_frame(df)
     assert list(el["category"]) == ["object", "attribute"]
     assert list(el["category_raw"]) == ["object-cloth&accessories", "attribute-style-artist/works"]
-    # One meaning per column name: every question table's 'category' is the normalised one.
-    from tokenfocus.data import question_frame
-    from tokenfocus.questions import build_questions
-    for table in (question_frame(df), build_questions(df)):
-        assert list(table.loc[table["task"] == "element", "category"]) == list(el["category"])
+    # One question table: the element table is its element rows, column for column.
+    q = question_frame(df)
+    assert list(el.columns) == list(q.columns)
+    pd.testing.assert_frame_equal(el, q[q["task"] == "element"].reset_index(drop=True))
     assert el["target"].isna().all()
     assert el["element_key"].iloc[1] == "Monet (attribute-style-artist/works) "
 
@@ -54,6 +54,13 @@ def test_question_frame_order(raw_train):
     assert list(q["task"][:4]) == ["total", "element", "element", "element"]
     assert len(q) == 2 + 5
     assert q.loc[q["task"] == "total", "element_key"].eq("").all()
+    assert q.loc[q["task"] == "total", ["category", "category_raw", "element_text"]].eq("").all().all()
+
+
+def test_structural_columns_are_the_fields_the_questions_name():
+    from tokenfocus.data import STRUCTURAL_COLUMNS
+    from tokenfocus.prompts import STRUCTURAL_FIELDS
+    assert tuple(STRUCTURAL_FIELDS) == STRUCTURAL_COLUMNS
 
 
 @pytest.mark.parametrize("mutate, field", [

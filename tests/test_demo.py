@@ -15,8 +15,8 @@ from tokenfocus.demo.annotators import annotate, expected_labels, make_pool, tru
 from tokenfocus.demo.build import DemoSpec, make_demo_dataset
 from tokenfocus.demo.generators import GENERATOR_NAMES, GENERATORS, generate
 from tokenfocus.demo.render import render_scene
-from tokenfocus.demo.scene import (WORD_RE, Relation, Scene, SceneObject, demo_vocabulary,
-                                   sample_scene, write_prompt)
+from tokenfocus.demo.prompt import WORD_RE, demo_vocabulary, write_prompt
+from tokenfocus.demo.scene import Relation, Scene, SceneObject, sample_scene
 
 TINY = DemoSpec(seed=7, n_train_prompts=30, n_test_prompts=16, images_per_prompt=3, image_size=64,
                 six_annotator_rate=0.2, string_element_score_rate=0.3, trailing_space_rate=0.15,

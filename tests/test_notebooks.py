@@ -6,6 +6,7 @@ deselect with ``-m "not notebooks"``.
 """
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def test_committed_notebook_carries_the_demo_run_outputs(name):
     outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type in ("display_data", "execute_result") for o in outputs)
+
+
+# An absolute path into a checkout (/home/me/repo/input/...): the machine that ran the notebook.
+ABSOLUTE_REPO_PATH = re.compile(r"(?:^|[\s'\"(=])/[^\s'\"]*/(?:input|output|notebooks|src)/")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_outputs_show_repository_relative_paths(name):
+    committed = nbformat.read(stage.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    texts = [o.get("text", "") if "text" in o else str(o.get("data", {}).get("text/plain", ""))
+             for c in committed.cells if c.cell_type == "code" for o in c.outputs]
+    leaks = [m.group(0) for t in texts for m in [ABSOLUTE_REPO_PATH.search(t)] if m]
+    assert not leaks, f"notebooks/{name}.ipynb shows absolute paths: {leaks[:3]}"
+
+
+def test_absolute_path_pattern():
+    assert ABSOLUTE_REPO_PATH.search("/home/me/repo/input/demo/train_list.json: 2000 records")
+    assert ABSOLUTE_REPO_PATH.search("path  '/tmp/x/output/demo'")
+    assert not ABSOLUTE_REPO_PATH.search("input/demo/train_list.json: 2000 records")
+    assert not ABSOLUTE_REPO_PATH.search("outputs in output/demo, see notebooks/01_eda.ipynb")
 
 
 @functools.cache

@@ -232,30 +232,44 @@ def load_records(path: str | Path, with_report: bool = False, labelled: bool = F
     return (df, report) if with_report else df
 
 
-def element_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per element: img_path, prompt_id, element_key, element_text, category_raw (as the
-    key writes it), category (normalised, as in every question table), target."""
-    rows = []
-    for rec in records.itertuples(index=False):
-        for key in rec.element_keys:
-            text, cat = split_element_key(key)
-            rows.append((rec.img_path, rec.prompt_id, key, text, cat, normalise_category(cat),
-                         rec.element_scores[key]))
-    return pd.DataFrame(rows, columns=["img_path", "prompt_id", "element_key", "element_text",
-                                       "category_raw", "category", "target"])
+TOTAL, ELEMENT = "total", "element"   # the two kinds of question (the ``task`` column)
+STRUCTURAL_COLUMNS = ("t2i_model", "type") + META_FIELDS
+QUESTION_COLUMNS = ("img_path", "prompt_id", "prompt", "task", "element_key", "element_text", "category_raw",
+                    "category", "target", "target_std") + STRUCTURAL_COLUMNS
+
+
+def _std(votes) -> float:
+    return float(np.std(votes)) if votes else 0.0
 
 
 def question_frame(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per question (the total question of an image, then each of its elements)."""
+    """The one question table: a row per question, in record order (an image's total question,
+    then each of its elements), with the columns ``QUESTION_COLUMNS``.
+
+    ``task`` is TOTAL or ELEMENT; ``element_key`` is byte-exact; ``category_raw`` is the category
+    as the key writes it and ``category`` its normalised form (both empty on a total row);
+    ``target`` the averaged label, ``target_std`` the spread of the votes behind it (0 without
+    votes); the structural fields are the record's (None where the file has none)."""
     rows = []
-    for rec in records.itertuples(index=False):
-        rows.append((rec.img_path, rec.prompt_id, rec.prompt, "total", "", "", rec.total_score))
-        for key in rec.element_keys:
-            cat = normalise_category(split_element_key(key)[1])
-            rows.append((rec.img_path, rec.prompt_id, rec.prompt, "element", key, cat,
-                         rec.element_scores[key]))
-    return pd.DataFrame(rows, columns=["img_path", "prompt_id", "prompt", "task", "element_key",
-                                       "category", "target"])
+    for rec in records.to_dict("records"):
+        base = {"img_path": rec["img_path"], "prompt_id": rec["prompt_id"], "prompt": rec["prompt"]}
+        info = {c: rec.get(c) for c in STRUCTURAL_COLUMNS}
+        rows.append({**base, "task": TOTAL, "element_key": "", "element_text": "", "category_raw": "",
+                     "category": "", "target": rec["total_score"], "target_std": _std(rec.get("total_votes")),
+                     **info})
+        votes = rec.get("element_votes") or {}
+        for key in rec["element_keys"]:
+            text, cat = split_element_key(key)
+            rows.append({**base, "task": ELEMENT, "element_key": key, "element_text": text, "category_raw": cat,
+                         "category": normalise_category(cat), "target": rec["element_scores"][key],
+                         "target_std": _std(votes.get(key)), **info})
+    return pd.DataFrame(rows, columns=list(QUESTION_COLUMNS))
+
+
+def element_frame(records: pd.DataFrame) -> pd.DataFrame:
+    """The element rows of ``question_frame`` (same columns), re-indexed from 0."""
+    q = question_frame(records)
+    return q[q["task"] == ELEMENT].reset_index(drop=True)
 
 
 def records_to_json(records: pd.DataFrame) -> list[dict]:

@@ -26,8 +26,10 @@ def model_folds(cfg: Config, mcfg: ModelConfig) -> list[int]:
     return list(mcfg.folds) if mcfg.folds is not None else list(range(cfg.folds.n_folds))
 
 
-def model_dir(cfg: Config, model: str, task: str, fold: int) -> Path:
-    return cfg.exp_dir / "models" / model / task / f"fold{fold}"
+def model_dir(cfg: Config, model: str, group: str, fold: int) -> Path:
+    """Where one trained model lives: ``group`` is the question group it answers (``mixed``, or
+    ``total`` / ``element`` when trained separately; see ``questions.task_groups``)."""
+    return cfg.exp_dir / "models" / model / group / f"fold{fold}"
 
 
 def is_trained(path: Path) -> bool:

@@ -35,7 +35,7 @@ def question_features(records: pd.DataFrame, categories: Sequence[str] | None = 
     default: those of ``records``). Categoricals stay strings (None where absent); see
     ``encode_categoricals``.
     """
-    q = question_frame(records).drop(columns=["target"])
+    q = question_frame(records)[["img_path", "prompt_id", "prompt", "task", "element_key", "category"]].copy()
     if categories is None:
         categories = sorted({c for c in q["category"] if c})
     counts = q[q["task"] == "element"].groupby(["img_path", "category"]).size().unstack(fill_value=0)

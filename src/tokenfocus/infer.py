@@ -19,7 +19,7 @@ from .metrics import score_frame
 from .models import load_model_adapter, load_trained
 from .packed import packed_image_logits
 from .parallel import in_worker
-from .questions import (ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL, ZEROSHOT_TOKENS, build_questions,
+from .questions import (ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL, ZEROSHOT_TOKENS, question_frame,
                         label_logit_table, task_groups, zeroshot_question)
 
 log = logging.getLogger("tokenfocus")
@@ -184,7 +184,7 @@ def infer_model(cfg, mcfg, force: bool = False, fold: int | None = None) -> list
     tcfg = mcfg.training_config(cfg.training)
     train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")
     test = load_split(cfg, "test")
-    q_train, q_test = build_questions(train), build_questions(test)
+    q_train, q_test = question_frame(train), question_frame(test)
     q_train = q_train.merge(train[["img_path", "fold"]], on="img_path")
     preds_dir = cfg.exp_dir / "preds"
     kind = "ablation" if mcfg.name in {m.name for m in cfg.ablation_models()} else "base"
@@ -220,8 +220,8 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
         return []
     tcfg = mcfg.training_config(cfg.training)
     train = load_split(cfg, "train").merge(load_folds(cfg)[["img_path", "fold"]], on="img_path")
-    q_train = build_questions(train).merge(train[["img_path", "fold"]], on="img_path")
-    q_test = build_questions(load_split(cfg, "test"))
+    q_train = question_frame(train).merge(train[["img_path", "fold"]], on="img_path")
+    q_test = question_frame(load_split(cfg, "test"))
     adapter = load_model_adapter(cfg, mcfg)
     collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False, question_fn=zeroshot_question)
     scored = {s: predict_questions_fast(adapter, adapter.model, q, cfg.image_dir, tcfg.eval_batch, collator,

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pandas as pd
 import torch
 
-from .data import META_FIELDS, normalise_category, split_element_key
-from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, STRUCTURAL_FIELDS, TOTAL_LABELS, TOTAL_VALUES,
+from .data import ELEMENT, STRUCTURAL_COLUMNS, TOTAL, question_frame
+from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, TOTAL_LABELS, TOTAL_VALUES,
                       drop_structural, element_question, total_question, vqascore_question)
 
-TOTAL, ELEMENT = "total", "element"
 TASK_LABELS = {TOTAL: TOTAL_LABELS, ELEMENT: ELEMENT_LABELS}
 TASK_VALUES = {TOTAL: TOTAL_VALUES, ELEMENT: ELEMENT_VALUES}
-INFO_COLUMNS = tuple(STRUCTURAL_FIELDS)
+INFO_COLUMNS = STRUCTURAL_COLUMNS   # the fields prompts.STRUCTURAL_FIELDS names, in its order
 TASK_ID = {TOTAL: 0, ELEMENT: 1}   # the task column of a batch (tf_task)
 
 
@@ -36,28 +33,6 @@ def task_groups(mode: str) -> dict[str, tuple[str, ...]]:
     return {"mixed": (TOTAL, ELEMENT)} if mode == "mixed" else {TOTAL: (TOTAL,), ELEMENT: (ELEMENT,)}
 
 
-def _std(votes) -> float:
-    return float(np.std(votes)) if votes else 0.0
-
-
-def build_questions(records: pd.DataFrame) -> pd.DataFrame:
-    """img_path, prompt_id, prompt, task, element_key, element_text, category_raw, category, target,
-    target_std and the structural fields, in record order (the total question first)."""
-    rows = []
-    for rec in records.to_dict("records"):
-        info = {c: rec.get(c) for c in INFO_COLUMNS}
-        base = {"img_path": rec["img_path"], "prompt_id": rec["prompt_id"], "prompt": rec["prompt"], **info}
-        rows.append({**base, "task": TOTAL, "element_key": "", "element_text": "", "category_raw": "",
-                     "category": "", "target": rec["total_score"], "target_std": _std(rec.get("total_votes"))})
-        votes = rec.get("element_votes") or {}
-        for key in rec["element_keys"]:
-            text, cat = split_element_key(key)
-            rows.append({**base, "task": ELEMENT, "element_key": key, "element_text": text, "category_raw": cat,
-                         "category": normalise_category(cat), "target": rec["element_scores"][key],
-                         "target_std": _std(votes.get(key))})
-    return pd.DataFrame(rows)
-
-
 def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
@@ -70,7 +45,7 @@ def question_info(row: dict, structural: bool, drop_rate: float = 0.0, rng=None)
 
 
 def question_text(row: dict, structural: bool = True, drop_rate: float = 0.0, rng=None) -> str:
-    """The question for one row of ``build_questions``, structural fields dropped at ``drop_rate``."""
+    """The question for one row of ``question_frame``, structural fields dropped at ``drop_rate``."""
     return question_text_with_info(row, question_info(row, structural, drop_rate, rng))
 
 
@@ -93,6 +68,6 @@ def zeroshot_question(row: dict, structural: bool = False, drop_rate: float = 0.
     return vqascore_question(row["prompt"] if row["task"] == TOTAL else row["element_text"])
 
 
-__all__ = ["ZEROSHOT_TOKENS", "zeroshot_question", "TOTAL", "ELEMENT", "TASK_LABELS", "TASK_VALUES", "build_questions", "question_text",
+__all__ = ["ZEROSHOT_TOKENS", "zeroshot_question", "TOTAL", "ELEMENT", "TASK_LABELS", "TASK_VALUES", "question_frame", "question_text",
            "question_text_with_info",
-           "question_info", "META_FIELDS"]
+           "question_info"]

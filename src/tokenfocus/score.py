@@ -50,7 +50,7 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
     """Every fold of ``model_name`` scores every question; fold predictions are averaged."""
     from .infer import predict_questions_fast
     from .models import load_model_adapter, load_trained
-    from .questions import TOTAL, build_questions
+    from .questions import TOTAL, question_frame
     from .batches import TokenFocusCollator
     from .experiment import is_trained, model_dir, model_folds
     from .questions import task_groups
@@ -61,7 +61,7 @@ def score_pairs(cfg, model_name: str, raw: list[dict], image_dir: Path, progress
     for p in records["img_path"]:
         if not (image_dir / p).is_file():
             raise DataError(f"{image_dir / p}: image not found")
-    q = build_questions(records)
+    q = question_frame(records)
     preds = []
     for group, tasks in task_groups(tcfg.task_mode).items():
         part = q[q["task"].isin(tasks)]

@@ -2,7 +2,7 @@
 
 One code path serves real checkpoints on GPUs (bf16, gradient checkpointing, QLoRA, several
 processes through ``accelerate launch``) and the tiny demo bases on a CPU. A fold's adapter is
-written to ``models/<model>/<task>/fold<k>/`` only when training finished; a killed run resumes
+written to ``models/<model>/<group>/fold<k>/`` only when training finished; a killed run resumes
 from the last checkpoint in the ``.work`` directory beside it.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .infer import evaluate_questions
 from .models import load_model_adapter
 from .packed import check_backend, packed_label_logits
 from .parallel import process_state
-from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, build_questions, label_logit_table
+from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, question_frame, label_logit_table
 
 log = logging.getLogger("tokenfocus")
 
@@ -45,11 +45,11 @@ def made_with(cfg: Config, tcfg: TrainingConfig) -> dict:
     return {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
 
 
-def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool,
+def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
                  tcfg: TrainingConfig | None = None) -> bool:
     """True (and logged) when this fold's adapter is published and ``force`` is not set. With
     ``tcfg``, an adapter made with other settings or other folds stops the run, naming them."""
-    out = model_dir(cfg, model, task, fold)
+    out = model_dir(cfg, model, group, fold)
     if force or not is_trained(out):
         return False
     card = read_json(out / "train_done.json")
@@ -58,7 +58,7 @@ def skip_trained(cfg: Config, model: str, task: str, fold: int, force: bool,
         if changed:
             raise ConfigError(f"{cfg.source}: {out} was trained with other settings: {'; '.join(changed)}. "
                               "Retrain with --force (stage 03), or restore the settings")
-    log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", model, task, fold)
+    log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", model, group, fold)
     return True
 
 
@@ -198,16 +198,16 @@ class EpochEvalCallback:
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
 
 
-def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd.DataFrame,
+def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: pd.DataFrame,
                eval_q: pd.DataFrame, force: bool = False, callbacks: tuple = ()) -> Path:
-    """Fine-tune one (model, task, fold); returns the adapter directory."""
+    """Fine-tune one (model, question group, fold); returns the adapter directory."""
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
 
-    out = model_dir(cfg, mcfg.name, task, fold)
+    out = model_dir(cfg, mcfg.name, group, fold)
     tcfg = mcfg.training_config(cfg.training)
-    if skip_trained(cfg, mcfg.name, task, fold, force, tcfg):
+    if skip_trained(cfg, mcfg.name, group, fold, force, tcfg):
         return out
     work = out.parent / f".work_fold{fold}"
     if force:
@@ -221,20 +221,17 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     model = prepare_model(adapter, tcfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",
-             mcfg.name, task, fold, len(train_q), len(eval_q), n_train)
-
-
+             mcfg.name, group, fold, len(train_q), len(eval_q), n_train)
     world = process_state().num_processes
     packing = tcfg.packing and tcfg.loss != "sft"
     if packing:
-
         check_backend(model)
         dataset = ImageDataset(train_q)
         # Batches are counted in questions: as many images as hold per_device_batch questions.
         per_device = max(1, round(tcfg.per_device_batch * len(dataset) / max(1, len(train_q))))
     else:
         dataset, per_device = QuestionDataset(train_q, cfg.image_dir), tcfg.per_device_batch
-    log.info("train %s/%s/fold%d: %s, %d %s per device step", mcfg.name, task, fold,
+    log.info("train %s/%s/fold%d: %s, %d %s per device step", mcfg.name, group, fold,
              "packed (one sequence per image)" if packing else "one forward per question", per_device,
              "images" if packing else "questions")
     args = TrainingArguments(
@@ -290,7 +287,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, task: str, fold: int, train_q: pd
     result = trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         _publish(trainer, work, out, {"model": mcfg.name, "family": mcfg.family, "base": mcfg.path,
-                                      "task": task, "fold": fold, "train_questions": len(train_q),
+                                      "group": group, "fold": fold, "train_questions": len(train_q),
                                       "eval_questions": len(eval_q), "train_runtime_s": result.metrics.get("train_runtime"),
                                       "train_loss": result.metrics.get("train_loss"),
                                       "global_step": trainer.state.global_step, "processes": world, "training": asdict(tcfg),
@@ -314,7 +311,7 @@ def _publish(trainer, work: Path, out: Path, card: dict) -> None:
 def fold_questions(cfg: Config, train: pd.DataFrame, folds: pd.DataFrame, fold: int, tasks: tuple[str, ...],
                    tcfg: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training questions (other folds) and held-out questions (this fold) of the given kinds."""
-    q = build_questions(train)
+    q = question_frame(train)
     q = q[q["task"].isin(tasks)].merge(folds[["img_path", "fold"]], on="img_path")
     tr, ev = q[q["fold"] != fold], q[q["fold"] == fold]
     if tcfg.max_train_questions and len(tr) > tcfg.max_train_questions:

@@ -49,6 +49,7 @@ from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForC
 from tokenfocus import prompts
 from tokenfocus.data import split_element_key
 from tokenfocus.metrics import srcc
+from tokenfocus.demo import prompt as demo_prompt
 from tokenfocus.demo import scene as demo_scene
 from tokenfocus.demo.annotators import TRUTH_THRESHOLD, truth_total
 from tokenfocus.demo.generators import GENERATOR_NAMES, Generator, generate
@@ -262,7 +263,7 @@ def draw_item(rng: np.random.Generator, aligned: bool = False) -> dict:
     """A fresh pre-training scene: intended scene and prompt, the generic generator's drawing,
     its image and the words of each image-token cell."""
     intended = demo_scene.sample_scene(rng)
-    prompt = demo_scene.write_prompt(intended, rng, "real" if rng.random() < 0.5 else "synthetic")
+    prompt = demo_prompt.write_prompt(intended, rng, "real" if rng.random() < 0.5 else "synthetic")
     drawn = generate(intended, CHECK_GENERATOR, rng)
     image, words = render_with_regions(drawn, int(rng.integers(2 ** 31)), aligned)
     return {"image": image, "words": words, "prompt": prompt, "drawn": drawn}
@@ -271,15 +272,15 @@ def draw_item(rng: np.random.Generator, aligned: bool = False) -> dict:
 def build_corpus(seed: int) -> list[str]:
     """Text the tokenizer is trained on: demo words, scoring questions, generic questions."""
     rng = np.random.default_rng(seed)
-    lines = list(demo_scene.demo_vocabulary())
-    lines += [" " + w for w in demo_scene.demo_vocabulary()]
+    lines = list(demo_prompt.demo_vocabulary())
+    lines += [" " + w for w in demo_prompt.demo_vocabulary()]
     lines += list(T2I_NAMES) + list(GENERATOR_NAMES) + list(GENERIC_TEXT)
     lines += ["Yes", "No", " Yes", " No"] + [str(d) for d in range(10)]
     lines += list(region_words()) + [" " + w for w in region_words()]
     for _ in range(400):
         scene = demo_scene.sample_scene(rng)
         kind = "real" if rng.random() < 0.5 else "synthetic"
-        prompt = demo_scene.write_prompt(scene, rng, kind)
+        prompt = demo_prompt.write_prompt(scene, rng, kind)
         info = {"t2i_model": str(rng.choice(T2I_NAMES)), "type": kind,
                 "promt_meaningless": float(rng.integers(0, 2)), "split_confidence": float(rng.uniform(0, 5)),
                 "attribute_confidence": float(rng.uniform(0, 5))}

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scene import KINDS, NEAR_COLORS, Prompt, Scene, shown_color
+from .prompt import KINDS, Prompt
+from .scene import NEAR_COLORS, Scene, shown_color
 
 PERCEPTION = {"object": 3.0, "color": 2.5, "count": 2.0, "size": 1.6, "texture": 2.1,
               "spatial": 2.0, "location": 2.4, "style": 1.8}

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .annotators import Annotation, annotate, expected_labels, make_pool, truth_labels
 from .generators import GENERATORS, generate
 from .render import render_scene
-from .scene import KINDS, Prompt, Scene, sample_scene, write_prompt
+from .prompt import KINDS, Prompt, write_prompt
+from .scene import Scene, sample_scene
 
 TRAIN_FILE = "train_list.json"
 TEST_FILE = "test.json"

@@ -11,17 +11,15 @@ HIDDEN = "(hidden)"
 
 
 def element_table(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per element: element_frame's columns plus category_fine, t2i_model, n_votes, unanimous,
+    """One row per element: element_frame's columns plus category_fine, n_votes, unanimous and
     positive.
 
     ``category_fine`` is the whole category lower-cased (``attribute-color``), finer than the
     normalised one; ``unanimous`` is NaN where the votes are not known (final-phase records)."""
     el = element_frame(records)
-    models = dict(zip(records["img_path"], records["t2i_model"]))
     votes = {(r.img_path, k): v for r in records.itertuples(index=False) for k, v in r.element_votes.items()}
     vote_lists = [votes.get(key) for key in zip(el["img_path"], el["element_key"])]
     el["category_fine"] = el["category_raw"].str.strip().str.lower()
-    el["t2i_model"] = el["img_path"].map(models)
     el["n_votes"] = [len(v) if v else 0 for v in vote_lists]
     el["unanimous"] = [float(len(set(v)) == 1) if v else np.nan for v in vote_lists]
     el["positive"] = np.where(el["target"].notna(), (el["target"] >= 0.5).astype(float), np.nan)

@@ -17,7 +17,7 @@ label would throw away, and the output is a probability for which 0.5 is the nat
 
 Modules: ``matrices`` (prediction tables, design matrices), ``meta`` (meta-models, nested CV),
 ``blend`` (blending, element threshold), ``leaderboard`` (scores, truth, noise ceiling, the
-table), ``stage`` (stage 05). The settings are ``config.EnsembleSettings``; dumps are read by
+table), ``outputs`` (what stage 05 writes), ``stage`` (stage 05). The settings are ``config.EnsembleSettings``; dumps are read by
 ``dumps.load_dumps``, beside the writer.
 """
 from ..config import EnsembleSettings
@@ -27,7 +27,8 @@ from .common import PRED, TASKS
 from .leaderboard import ceiling_metrics, finalise, score_questions, truth_frame
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict
-from .stage import build_leaderboard, ensemble_stage, format_leaderboard
+from .leaderboard import format_leaderboard
+from .stage import build_leaderboard, ensemble_stage
 
 __all__ = ["EnsembleSettings", "PRED", "TASKS", "add_image_features", "apply_blend", "apply_threshold",
            "ceiling_metrics", "design_matrix", "ensemble_stage", "finalise", "fit_blend", "fit_meta",

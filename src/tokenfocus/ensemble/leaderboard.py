@@ -151,3 +151,9 @@ def _best_base(lb: pd.DataFrame, methods: list[Method]) -> dict:
     name = str(base.sort_values("oof_Final", ascending=False).iloc[0]["method"])
     m = next(x for x in methods if x.name == name)
     return {f"{name} (best single model)": (m.oof, m.test)}
+
+
+def format_leaderboard(lb: pd.DataFrame) -> str:
+    """The leaderboard as an aligned text table (no notes)."""
+    show = lb.drop(columns=["note"], errors="ignore")
+    return show.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="-")

@@ -11,19 +11,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data import load_records, question_frame, read_json, records_to_json
+from ..data import load_records, question_frame, read_json
 from ..dumps import DumpError, load_dumps, model_kinds
 from ..features import KEY, encode_categoricals, feature_columns, question_features, structural_available
-from ..io import write_csv, write_json, write_parquet
 from ..config import EnsembleSettings
 from ..errors import InputError
 from ..experiment import DONE_MARKER, is_done, made_from, mark_done
-from .common import Method, PRED, TASKS
+from .common import Frames, Method, PRED, TASKS
 from .matrices import add_image_features, design_matrix, prediction_table
 from .meta import fit_meta, meta_factory, nested_cv_predict, structural_masker
 from .blend import fit_task_blend, nested_blend_predict
-from .leaderboard import (_best_base, _best_method, _leaderboard, category_accuracy_table, finalise,
-                          truth_frame)
+from .leaderboard import _best_method, _leaderboard, finalise, truth_frame
+from .outputs import write_outputs
 
 log = logging.getLogger("tokenfocus")
 
@@ -93,27 +92,6 @@ def _select_models(kinds: dict[str, str], s: EnsembleSettings) -> tuple[list[str
         log.warning("ensemble: no base model besides baselines %s; stacking those", baselines)
     baselines = [m for m in baselines if m not in base]
     return base, baselines
-
-
-@dataclasses.dataclass
-class Frames:
-    """Everything the methods are fitted on: the question frames with every model's predictions
-    (OOF; test bagged over the folds and per fold), which models are stacked, the features."""
-
-    oof: pd.DataFrame                       # OOF questions, a pred__<model> column per model
-    test: pd.DataFrame                      # test questions, fold-averaged predictions
-    test_fold: dict[int, pd.DataFrame]      # test questions, one fold's model each
-    base: list[str]
-    baselines: list[str]
-    models: dict[str, list[str]]            # per task, the base models with dumps of it
-    record_cols: list[str]
-    struct_cols: list[str]
-    augment: Any
-    truth: bool                             # test targets known
-
-    @property
-    def fold_ids(self) -> list[int]:
-        return sorted(self.test_fold)
 
 
 def load_frames(exp_dir: Path, train: pd.DataFrame, test: pd.DataFrame, folds: pd.DataFrame,
@@ -286,84 +264,9 @@ def build_leaderboard(exp_dir: str | Path, train_records: Any, test_records: Any
     best = _best_method(lb)
     chosen = next(m for m in methods if m.name == best)
     log.info("ensemble: best method by OOF Final: %s", best)
-    sub = _write_outputs(exp_dir, fr, s, test, methods, lb, chosen, blend_info, time.perf_counter() - t_start)
+    sub = write_outputs(exp_dir, fr, s, test, methods, lb, chosen, blend_info, time.perf_counter() - t_start)
     lb.attrs.update({"submission": str(sub), "best_method": best})
     return lb
-
-
-def _write_outputs(exp_dir: Path, fr: Frames, s: EnsembleSettings, test: pd.DataFrame, methods: list[Method],
-                   lb: pd.DataFrame, chosen: Method, blend_info: dict, elapsed: float) -> Path:
-    """Per-method predictions, the submission of the chosen method, ensemble.json, the category
-    accuracy table, the plots and leaderboard.csv (last: its presence means the stage finished)."""
-    out_dir = exp_dir / "ensemble"
-    truth_test = fr.test if fr.truth else None
-    _write_predictions(out_dir, fr.oof, fr.test, methods, fr.truth)
-    sub = _write_submission(exp_dir / "submission", test, fr.test, chosen, s, elapsed)
-    write_json(out_dir / "ensemble.json", {
-        "best_method": chosen.name, "base_models": fr.base, "baselines": fr.baselines,
-        "structural_features": fr.struct_cols, "structural_mode": s.structural,
-        "record_features": fr.record_cols, "blend": blend_info, "settings": dataclasses.asdict(s),
-        "submission": str(sub)})
-    write_csv(exp_dir / "category_accuracy.csv", category_accuracy_table(methods, fr.oof, truth_test),
-              float_format="%.4f")
-    if s.plots:
-        from .. import plots
-        plots.write_plots(out_dir, lb, fr.oof, truth_test, {chosen.name: (chosen.oof, chosen.test)} | _best_base(lb, methods))
-        # Every base model and baseline beside the chosen method, on test where there is truth.
-        split, frame = ("test", fr.test) if fr.truth else ("oof", fr.oof)
-        shown = {m.name: plots.element_frame(frame, m.test if split == "test" else m.oof)
-                 for m in methods if m.kind in ("base", "baseline") or m is chosen}
-        plots.save_figure(plots.category_accuracy(shown, title=f"Element accuracy per category ({split})"),
-                          out_dir / "category_accuracy_methods.png")
-    write_csv(exp_dir / "leaderboard.csv", lb, float_format="%.4f")
-    return sub
-
-
-def _write_predictions(out_dir: Path, oof_m: pd.DataFrame, test_m: pd.DataFrame,
-                       methods: list[Method], with_truth: bool) -> None:
-    oof = oof_m[[*KEY, "category", "fold", "target"]].copy()
-    test = test_m[[*KEY, "category"]].copy()
-    oof["category"] = oof["category"].astype(object)
-    test["category"] = test["category"].astype(object)
-    if with_truth:
-        test["target"] = test_m["target"].to_numpy(float)
-    for m in methods:
-        oof[m.name] = m.oof
-        test[m.name] = m.test
-    write_parquet(out_dir / "oof_predictions.parquet", oof)
-    write_parquet(out_dir / "test_predictions.parquet", test)
-
-
-def _write_submission(sub_dir: Path, test: pd.DataFrame, test_m: pd.DataFrame, chosen: Method,
-                      s: EnsembleSettings, elapsed: float) -> Path:
-    from ..submission import build_records, readme_text, write_submission
-
-    is_total = (test_m["task"] == "total").to_numpy()
-    total = dict(zip(test_m.loc[is_total, "img_path"], chosen.test[is_total]))
-    element = dict(zip(zip(test_m.loc[~is_total, "img_path"], test_m.loc[~is_total, "element_key"]),
-                       chosen.test[~is_total]))
-    reference = records_to_json(test)
-    records = build_records(reference, total, element)
-    uses_llm = chosen.kind != "metadata" and any(m not in s.non_llm_models for m in chosen.models)
-    runtime = s.runtime_per_image if s.runtime_per_image is not None else elapsed / max(1, len(test))
-    used = ", ".join(chosen.models) or "record features"
-    if uses_llm:
-        how = ("base models: LVLMs fine-tuned on the label-token probabilities at the first answer "
-               "position; 5-fold out-of-fold predictions aggregated with prompt-grouped nested CV.")
-    else:
-        how = "no LVLM predictions (prompt-only prior or record features)."
-    description = f"TokenFocus-VQA, method '{chosen.name}' ({chosen.kind}) over {used}; {how}"
-    readme = readme_text(runtime, cpu=int(not _cuda_available()), extra_data=0, llm=int(uses_llm),
-                         description=description)
-    return write_submission(sub_dir, records, reference, readme)
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def ensemble_stage(cfg, force: bool = False, settings: Any = None) -> pd.DataFrame | None:
@@ -395,9 +298,3 @@ def ensemble_stage(cfg, force: bool = False, settings: Any = None) -> pd.DataFra
                            cfg.folds_path, s, truth, ceiling)
     mark_done(marker, made)
     return lb
-
-
-def format_leaderboard(lb: pd.DataFrame) -> str:
-    """The leaderboard as an aligned text table (no notes)."""
-    show = lb.drop(columns=["note"], errors="ignore")
-    return show.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="-")

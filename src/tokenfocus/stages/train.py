@@ -1,4 +1,4 @@
-"""Stage 03: one LoRA fine-tune per (model, task, fold), folds side by side on a CPU."""
+"""Stage 03: one LoRA fine-tune per (model, question group, fold), folds side by side on a CPU."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,9 @@ from ..questions import task_groups
 from ..train import fold_questions, skip_trained, train_fold
 
 
-def run_training(cfg: Config, force: bool = False, model: str | None = None, task: str | None = None,
+def run_training(cfg: Config, force: bool = False, model: str | None = None, group: str | None = None,
                  fold: int | None = None, jobs: int | str | None = None) -> pd.DataFrame:
-    """Stage 03: every (model, task, fold) of the config, or the one selected; on a CPU up to
+    """Stage 03: every (model, question group, fold) of the config, or the one selected; on a CPU up to
     ``jobs`` (default: the config's) folds train side by side (see ``tokenfocus.parallel``)."""
 
     train, folds = load_split(cfg, "train"), load_folds(cfg)
@@ -24,22 +24,22 @@ def run_training(cfg: Config, force: bool = False, model: str | None = None, tas
     for mcfg in models:
         tcfg = mcfg.training_config(cfg.training)
         groups = task_groups(tcfg.task_mode)
-        if task and task not in groups:
-            raise ConfigError(f"--task {task!r}: model {mcfg.name} trains {sorted(groups)} (task_mode {tcfg.task_mode})")
-        for tname, tasks in groups.items():
-            if task and tname != task:
+        if group and group not in groups:
+            raise ConfigError(f"--group {group!r}: model {mcfg.name} trains {sorted(groups)} (task_mode {tcfg.task_mode})")
+        for gname, tasks in groups.items():
+            if group and gname != group:
                 continue
             for k in model_folds(cfg, mcfg):
                 if fold is not None and k != fold:
                     continue
-                selected.append((mcfg.name, tname, k))
-                if not skip_trained(cfg, mcfg.name, tname, k, force, tcfg):
+                selected.append((mcfg.name, gname, k))
+                if not skip_trained(cfg, mcfg.name, gname, k, force, tcfg):
                     tr, ev = fold_questions(cfg, train, folds, k, tasks, tcfg)
-                    units.append((train_fold, (cfg, mcfg, tname, k, tr, ev, force)))
-                    names.append(f"{mcfg.name}/{tname}/fold{k}")
+                    units.append((train_fold, (cfg, mcfg, gname, k, tr, ev, force)))
+                    names.append(f"{mcfg.name}/{gname}/fold{k}")
     run_units(units, cfg.jobs if jobs is None else jobs, desc="train", names=names)
-    return pd.DataFrame([{"model": m, "task": t, "fold": k, **_last_metrics(model_dir(cfg, m, t, k))}
-                         for m, t, k in selected])
+    return pd.DataFrame([{"model": m, "group": g, "fold": k, **_last_metrics(model_dir(cfg, m, g, k))}
+                         for m, g, k in selected])
 
 
 def _last_metrics(out: Path) -> dict:
