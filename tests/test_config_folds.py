@@ -134,3 +134,24 @@ def test_command_line_overrides_are_validated_like_the_file():
                      ("folds.n_folds=0", "folds.n_folds: 0"), ("training.lr=abc", "training.lr")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             load_config(None, [bad])
+
+
+def test_table2_lives_in_one_shared_file_the_real_configs_extend():
+    """configs/base/paper.yaml holds Table 2 (equal to the TrainingConfig defaults); every real
+    experiment extends it and none restates a Table-2 key with another value."""
+    import dataclasses
+
+    import yaml
+
+    from tokenfocus.config import REPO_ROOT
+    from tokenfocus.config.schema import TrainingConfig
+
+    shared = yaml.safe_load((REPO_ROOT / "configs" / "base" / "paper.yaml").read_text())["training"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    assert shared and {k: defaults[k] for k in shared} == shared
+    for name in REAL_CONFIGS:
+        raw = yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())
+        assert raw["base"] == "base/paper.yaml", name
+        overrides = [raw.get("training") or {}] + [m.get("training") or {} for m in raw["models"]]
+        restated = {k: v for o in overrides for k, v in o.items() if k in shared and v != shared[k]}
+        assert not restated, f"{name} changes Table 2 settings: {restated}"

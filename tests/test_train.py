@@ -110,6 +110,23 @@ def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
 
 
+
+def test_resume_with_augmentation_ends_at_the_same_weights(cfg, tmp_path):
+    """training.augment: the images a step sees are drawn from (seed, epoch, image), so a run
+    killed after a checkpoint and resumed ends where an uninterrupted one does; and the
+    augmentation is really applied (other weights than without it)."""
+    mcfg, tr, ev = _questions(cfg)
+    plain = _weights(_trained_fold0(cfg)[3])
+    aug = mcfg.__class__(**{**mcfg.__dict__, "name": "qwen_aug", "training": {**mcfg.training, "augment": True}})
+    out = train_fold(cfg, aug, "mixed", 0, tr, ev)
+    reference = _weights(out)
+    assert any(not torch.allclose(reference[k], plain[k], atol=1e-6) for k in reference)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, aug, "mixed", 0, tr, ev, force=True, callbacks=(Crash(),))
+    resumed = _weights(train_fold(cfg, aug, "mixed", 0, tr, ev))
+    for k in reference:
+        torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
+
 def test_budget_takes_whole_images_and_packing_can_be_switched_off(cfg):
     mcfg, tr, ev = _questions(cfg)
     train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .augment import from_training
 from .config import TrainingConfig
 from .packed import pack_batch
 from .questions import TASK_ID, TOTAL, question_info, question_text, question_text_with_info
@@ -50,12 +51,16 @@ class ImageDataset(torch.utils.data.Dataset):
         return {"_image": i, "rows": rows}
 
 
+AUGMENT_STREAM = 1   # keeps the augmentation's draws apart from the structural dropout's
+
+
 class TokenFocusCollator:
     """Builds one batch: chat inputs from the adapter, plus task ids and targets.
 
-    Which structural fields a question loses is drawn from (seed, epoch, row), not from a
-    running generator, so a resumed run and every process of a distributed one ask exactly
-    the questions an uninterrupted single-process run asks.
+    Which structural fields a question loses, and how its image is augmented (``augment``, off
+    by default), are drawn from (seed, epoch, row), not from a running generator, so a resumed
+    run and every process of a distributed one see exactly the questions and images an
+    uninterrupted single-process run sees. Evaluation never augments.
     """
 
     epoch = 0
@@ -64,16 +69,24 @@ class TokenFocusCollator:
                  question_fn=question_text):
         self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
         self.question_fn = question_fn
+        self.augment = from_training(tcfg) if train else None
 
     def _rng(self, row: dict):
         return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
+
+    def _image(self, img_path: str, item: int):
+        """The image of ``img_path``, augmented by the draws of (seed, epoch, item) in training."""
+        image = load_image(self.image_dir, img_path)
+        if self.augment is None:
+            return image
+        return self.augment(image, np.random.default_rng((self.tcfg.seed, self.epoch, item, AUGMENT_STREAM)))
 
     def __call__(self, rows: list[dict]) -> dict:
         if rows and "rows" in rows[0]:
             return self.packed(rows)
         drop = self.tcfg.structural_drop_rate if self.train else 0.0
         questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
-        images = [load_image(self.image_dir, r["img_path"]) for r in rows]
+        images = [self._image(r["img_path"], r.get("_row", 0)) for r in rows]
         # Scoring reads the first answer position, so only training appends the answer.
         answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
         batch = dict(self.adapter.encode(images, questions, answers=answers))
@@ -82,15 +95,15 @@ class TokenFocusCollator:
 
     def packed(self, items: list[dict]) -> dict:
         """A packed batch (``tokenfocus.packed``): one sequence per image. The structural fields a
-        question loses are drawn once per image, from (seed, epoch, image), since its questions
-        share the prefix that holds them."""
+        question loses, and the image's augmentation, are drawn once per image, from (seed,
+        epoch, image), since its questions share the prefix that holds them."""
         drop = self.tcfg.structural_drop_rate if self.train else 0.0
         questions = []
         for item in items:
             rng = np.random.default_rng((self.tcfg.seed, self.epoch, item["_image"])) if self.train else None
             info = question_info(item["rows"][0], self.tcfg.structural, drop, rng)
             questions.append([question_text_with_info(r, info) for r in item["rows"]])
-        images = [load_image(self.image_dir, item["rows"][0]["img_path"]) for item in items]
+        images = [self._image(item["rows"][0]["img_path"], item["_image"]) for item in items]
         batch = pack_batch(self.adapter, images, questions)
         batch.update(self._targets([r for item in items for r in item["rows"]]))
         return batch

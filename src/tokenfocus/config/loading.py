@@ -140,6 +140,9 @@ def _check_models(cfg: Config) -> None:
                              ("bf16", ("auto", "true", "false")), ("gradient_checkpointing", ("auto", "true", "false"))):
             if getattr(t, fld) not in allowed:
                 raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} not one of {allowed}")
+        for fld in ("augment_brightness", "augment_contrast", "augment_blur", "augment_shift"):
+            if not 0.0 <= getattr(t, fld) <= 0.5:
+                raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} outside [0, 0.5]")
 
 
 def check_inputs(cfg: Config, need_images: bool = False) -> None:

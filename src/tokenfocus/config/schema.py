@@ -125,6 +125,14 @@ class TrainingConfig:
     eval_batch: int = 32
     dataloader_workers: int = 0
     max_train_questions: Optional[int] = None   # subsample per fold (demo budget)
+    # Label-preserving image augmentation in the training collator (tokenfocus.augment; off in
+    # the paper's Table 2, on in iMatch as random lighting): brightness / contrast factors in
+    # [1 - x, 1 + x], blur radius and shrink-and-shift as fractions of the image side.
+    augment: bool = False
+    augment_brightness: float = 0.15
+    augment_contrast: float = 0.15
+    augment_blur: float = 0.005
+    augment_shift: float = 0.06
 
 
 @dataclass
