@@ -385,3 +385,55 @@ def test_structural_modes_work_when_test_hides_them(experiment, tmp_path, mode, 
     validate_submission(load_submission(tmp_path / "submission" / "submission.zip"), truth)
     test_pred = pd.read_parquet(tmp_path / "ensemble" / "test_predictions.parquet")
     assert np.isfinite(test_pred["stacking+features: lightgbm"]).all()
+
+
+def _to_levels(df: pd.DataFrame, levels: int) -> pd.DataFrame:
+    """A total dump's prediction spread over ``levels`` evenly spaced levels of 1..5 (the two
+    around ``pred``), named as stage 04 names them (``questions.level_name``)."""
+    from tokenfocus.questions import label_set_of
+
+    values = np.array(label_set_of(levels).values["total"])
+    names = label_set_of(levels).names("total")
+    out = df.drop(columns=[c for c in df if c.startswith("p_")])
+    pred = out["pred"].to_numpy(float)
+    hi = np.clip(np.searchsorted(values, pred), 1, levels - 1)
+    w = (pred - values[hi - 1]) / (values[hi] - values[hi - 1])
+    for j, name in enumerate(names):
+        out[f"p_{name}"] = np.where(hi - 1 == j, 1 - w, 0.0) + np.where(hi == j, w, 0.0)
+    return out
+
+
+def test_ensemble_reads_models_with_any_number_of_total_levels(experiment, tmp_path):
+    """A model read from fifteen total levels (p_1, p_1.2857, ..., p_5) stacks beside one read
+    from five: dumps load, the spread feature is the distribution's, the leaderboard is built."""
+    import shutil
+
+    from tokenfocus.dumps import read_dump
+    from tokenfocus.ensemble.matrices import _spread
+
+    exp_dir, train, test, truth, folds = experiment
+    copy = tmp_path / "exp"
+    shutil.copytree(exp_dir, copy, ignore=shutil.ignore_patterns("ensemble", "submission", "*.csv"))
+    shutil.copy(exp_dir / "folds.csv", copy / "folds.csv")
+    for path in (copy / "preds" / "lvlm_b" / "total").glob("*.parquet"):
+        df = _to_levels(read_dump(path), 15)
+        write_dump(df, path, df, "total")
+    oof, _ = load_dumps(copy / "preds", folds=folds)
+    b = oof[(oof["model"] == "lvlm_b") & (oof["task"] == "total")]
+    assert "p_1.2857" in oof and b["p_1.2857"].notna().all() and b["p_2"].isna().all()
+    assert oof.loc[(oof["model"] == "lvlm_a") & (oof["task"] == "total"), "p_2"].notna().all()
+    spread = _spread(b)
+    assert np.isfinite(spread).all() and (spread < 0.5).all()   # two neighbouring levels 0.29 apart
+    lb = build_leaderboard(copy, train, test, folds, dict(FAST), truth_records=truth)
+    assert "stacking+features" in set(lb["kind"]) and np.isfinite(lb["oof_Final"]).all()
+    assert "lvlm_b" in set(lb["method"])
+
+
+def test_total_dump_needs_two_levels(experiment):
+    exp_dir, *_ = experiment
+    from tokenfocus.dumps import read_dump
+
+    path = next((exp_dir / "preds" / "lvlm_a" / "total").glob("oof_*.parquet"))
+    df = read_dump(path).drop(columns=["p_2", "p_3", "p_4", "p_5"])
+    with pytest.raises(DumpError, match="at least two total levels"):
+        write_dump(df, exp_dir / "unused.parquet", df, "total")

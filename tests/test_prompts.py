@@ -120,3 +120,20 @@ def test_zero_shot_questions_are_vqascore_ones():
     p_yes = float(torch.softmax(logits[0], -1)[1])
     assert total @ [1, 2, 3, 4, 5] == pytest.approx(1 + 4 * p_yes) and total[1:4].sum() == 0
     assert element[1] == pytest.approx(float(torch.softmax(logits[1], -1)[1]))
+
+
+def test_total_levels_spread_evenly_over_one_to_five():
+    from tokenfocus.prompts import total_instruction, total_levels
+
+    assert total_levels(5) == (TOTAL_LABELS, TOTAL_VALUES)
+    assert total_instruction(TOTAL_LABELS) == TOTAL_INSTRUCTION
+    nine, values = total_levels(9)
+    assert nine == tuple("123456789") and values == (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+    fifteen, values = total_levels(15)
+    assert fifteen == tuple("ABCDEFGHIJKLMNO") and values[0] == 1.0 and values[-1] == 5.0
+    assert np.allclose(np.diff(values), 4 / 14)
+    assert total_instruction(fifteen).endswith("Rate from A (not at all) to O (perfectly). Answer with one letter.")
+    assert "Rate from 1 (not at all) to 9 (perfectly). Answer with one digit." in total_question("x", None, nine)
+    for bad in (1, 27):
+        with pytest.raises(ValueError, match="total levels"):
+            total_levels(bad)

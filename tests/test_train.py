@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,6 +127,34 @@ def test_resume_with_augmentation_ends_at_the_same_weights(cfg, tmp_path):
     resumed = _weights(train_fold(cfg, aug, "mixed", 0, tr, ev))
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fifteen_total_levels_train_and_score_through_the_same_path(cfg, tmp_path):
+    """training.total_levels: 15 (A..O mapped onto 1..5): the same packed training and scoring
+    code, one p_<level> column per level in the dumps, the expected value in 1..5."""
+    from tokenfocus.batches import TokenFocusCollator
+    from tokenfocus.dumps import dump_path, read_dump
+    from tokenfocus.infer import predict_questions_fast, write_fold_dumps
+    from tokenfocus.models import load_trained
+    from tokenfocus.questions import label_set_of
+
+    mcfg, tr, ev = _questions(cfg)
+    fine = mcfg.__class__(**{**mcfg.__dict__, "name": "qwen_l15", "training": {**mcfg.training, "total_levels": 15}})
+    out = train_fold(cfg, fine, "mixed", 0, tr, ev)
+    assert json.loads((out / "train_done.json").read_text())["training"]["total_levels"] == 15
+    tcfg = fine.training_config(cfg.training)
+    adapter, model = load_trained(cfg, fine, out)
+    collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
+    assert "Rate from A (not at all) to O (perfectly)" in collator.question(ev[ev["task"] == "total"].iloc[0].to_dict())
+    pred = predict_questions_fast(adapter, model, ev, cfg.image_dir, 8, collator, progress=False)
+    names = [f"p_{n}" for n in label_set_of(15).names("total")]
+    assert len(names) == 15 and names[0] == "p_1" and names[-1] == "p_5"
+    tot = pred[pred["task"] == "total"]
+    np.testing.assert_allclose(tot[names].sum(axis=1), 1.0, atol=1e-6)   # a float32 softmax
+    assert tot["pred"].between(1, 5).all() and not tot[names].isna().any().any()
+    write_fold_dumps(tmp_path, "qwen_l15", 0, {"oof": pred}, {"oof": ev}, "ablation")
+    dump = read_dump(dump_path(tmp_path, "qwen_l15", "total", "oof", 0))
+    assert [c for c in dump if c.startswith("p_")] == names
 
 def test_budget_takes_whole_images_and_packing_can_be_switched_off(cfg):
     mcfg, tr, ev = _questions(cfg)

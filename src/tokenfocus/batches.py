@@ -11,7 +11,8 @@ import torch
 from .augment import from_training
 from .config import TrainingConfig
 from .packed import pack_batch
-from .questions import TASK_ID, TOTAL, question_info, question_text, question_text_with_info
+from .questions import (TASK_ID, TOTAL, LabelSet, label_set_of, question_info, question_text,
+                        question_text_with_info)
 
 
 class QuestionDataset(torch.utils.data.Dataset):
@@ -66,13 +67,20 @@ class TokenFocusCollator:
     epoch = 0
 
     def __init__(self, adapter, image_dir: Path, tcfg: TrainingConfig, train: bool = True,
-                 question_fn=question_text):
+                 question_fn=question_text, label_set: LabelSet | None = None):
         self.adapter, self.image_dir, self.tcfg, self.train = adapter, Path(image_dir), tcfg, train
         self.question_fn = question_fn
+        # The answer tokens and level values the questions ask for and the model is read at.
+        self.label_set = label_set if label_set is not None else label_set_of(tcfg.total_levels)
         self.augment = from_training(tcfg) if train else None
 
     def _rng(self, row: dict):
         return np.random.default_rng((self.tcfg.seed, self.epoch, row.get("_row", 0))) if self.train else None
+
+    def question(self, row: dict, drop_rate: float = 0.0, rng=None) -> str:
+        """The question of one row as this collator asks it (its question function, structural
+        setting and label set)."""
+        return self.question_fn(row, self.tcfg.structural, drop_rate, rng, label_set=self.label_set)
 
     def _image(self, img_path: str, item: int):
         """The image of ``img_path``, augmented by the draws of (seed, epoch, item) in training."""
@@ -85,10 +93,10 @@ class TokenFocusCollator:
         if rows and "rows" in rows[0]:
             return self.packed(rows)
         drop = self.tcfg.structural_drop_rate if self.train else 0.0
-        questions = [self.question_fn(r, self.tcfg.structural, drop, self._rng(r)) for r in rows]
+        questions = [self.question(r, drop, self._rng(r)) for r in rows]
         images = [self._image(r["img_path"], r.get("_row", 0)) for r in rows]
         # Scoring reads the first answer position, so only training appends the answer.
-        answers = [sft_answer(r) for r in rows] if self.train and self.tcfg.loss == "sft" else None
+        answers = [sft_answer(r, self.label_set) for r in rows] if self.train and self.tcfg.loss == "sft" else None
         batch = dict(self.adapter.encode(images, questions, answers=answers))
         batch.update(self._targets(rows))
         return batch
@@ -102,7 +110,7 @@ class TokenFocusCollator:
         for item in items:
             rng = np.random.default_rng((self.tcfg.seed, self.epoch, item["_image"])) if self.train else None
             info = question_info(item["rows"][0], self.tcfg.structural, drop, rng)
-            questions.append([question_text_with_info(r, info) for r in item["rows"]])
+            questions.append([question_text_with_info(r, info, self.label_set) for r in item["rows"]])
         images = [self._image(item["rows"][0]["img_path"], item["_image"]) for item in items]
         batch = pack_batch(self.adapter, images, questions)
         batch.update(self._targets([r for item in items for r in item["rows"]]))
@@ -115,8 +123,10 @@ class TokenFocusCollator:
                 "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
 
 
-def sft_answer(row: dict) -> str:
-    """The label a plain SFT model is taught: the rounded mean, as one label token."""
+def sft_answer(row: dict, label_set: LabelSet) -> str:
+    """The label a plain SFT model is taught: the level nearest the mean, as one label token."""
     if row["task"] == TOTAL:
-        return str(int(np.clip(np.floor(row["target"] + 0.5), 1, 5)))
+        gaps = np.abs(np.asarray(label_set.values[TOTAL], float) - float(row["target"]))
+        nearest = len(gaps) - 1 - int(np.argmin(gaps[::-1]))   # a tie goes up (2.5 -> 3 of 1-5)
+        return label_set.tokens[TOTAL][nearest]
     return "1" if row["target"] >= 0.5 else "0"

@@ -2,10 +2,13 @@
 
 One parquet per (model, task, split, fold), one row per question::
 
-    img_path, prompt_id, prompt, fold, model, task, element_key, category, target, pred, p_<label>...
+    img_path, prompt_id, prompt, fold, model, kind, task, element_key, category, target, pred, p_<level>...
 
 ``element_key`` is byte-exact ('' for the total question), ``target`` is NaN on test and ``pred``
-is the expected label value (1..5 for totals, 0..1 for elements).
+is the expected label value (1..5 for totals, 0..1 for elements). A ``p_<level>`` column per answer
+level, named by the level's value: ``p_0``, ``p_1`` for elements; for totals ``p_1`` .. ``p_5``
+with the paper's five levels, or any other number of levels in [1, 5] (``p_1.5``, ``p_1.2857``:
+a model trained with ``training.total_levels``).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .io import write_parquet
 
-TASK_LABELS = {"total": ("1", "2", "3", "4", "5"), "element": ("0", "1")}
+TASK_LABELS = {"total": ("1", "2", "3", "4", "5"), "element": ("0", "1")}   # the paper's levels
+ELEMENT_PROBS = ["p_0", "p_1"]
 BASE_COLUMNS = ["img_path", "prompt_id", "prompt", "fold", "model", "kind", "task", "element_key",
                 "category", "target", "pred"]
 # What a dump's model is: a fine-tuned model the ensemble stacks, a baseline it only reports
@@ -36,15 +40,46 @@ def dump_path(preds_dir: str | Path, model: str, task: str, split: str, fold: in
     return Path(preds_dir) / model / task / f"{split}_fold{fold}.parquet"
 
 
-def dump_columns(task: str) -> list[str]:
-    return BASE_COLUMNS + [f"p_{lab}" for lab in TASK_LABELS[task]]
+def level_value(column: str) -> float | None:
+    """The level a ``p_<level>`` column holds the probability of (None for other columns)."""
+    if not column.startswith("p_"):
+        return None
+    try:
+        return float(column[2:])
+    except ValueError:
+        return None
+
+
+def prob_columns(df: pd.DataFrame, task: str) -> list[str]:
+    """The ``p_<level>`` columns of ``task`` in ``df``, lowest level first: ``p_0``, ``p_1`` for
+    elements; for totals every level in [1, 5] with a value in some row (a table of both tasks
+    leaves the other task's levels NaN)."""
+    if task == "element":
+        return [c for c in ELEMENT_PROBS if c in df.columns]
+    cols = [c for c in df.columns if (v := level_value(c)) is not None and 1.0 <= v <= 5.0]
+    cols = [c for c in cols if df[c].notna().any()] if len(df) else cols
+    return sorted(cols, key=level_value)
+
+
+def dump_columns(task: str, df: pd.DataFrame) -> list[str]:
+    return BASE_COLUMNS + prob_columns(df, task)
+
+
+def _check_prob_columns(df: pd.DataFrame, task: str, where: str) -> None:
+    cols = prob_columns(df, task)
+    if task == "element" and cols != ELEMENT_PROBS:
+        raise DumpError(f"{where}: missing column(s) {[c for c in ELEMENT_PROBS if c not in cols]}")
+    if task == "total" and len(cols) < 2:
+        raise DumpError(f"{where}: needs p_<level> columns of at least two total levels in [1, 5], "
+                        f"has {cols}")
 
 
 def check_dump(df: pd.DataFrame, expected: pd.DataFrame, task: str, where: str) -> None:
     """The dump must hold exactly the questions of ``expected`` (img_path, element_key), once each."""
-    missing_cols = [c for c in dump_columns(task) if c not in df.columns]
+    missing_cols = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing_cols:
         raise DumpError(f"{where}: missing column(s) {missing_cols}")
+    _check_prob_columns(df, task, where)
     key = ["img_path", "element_key"]
     if df.duplicated(key).any():
         dup = df[df.duplicated(key)].iloc[0]
@@ -90,7 +125,7 @@ def model_kinds(preds_dir: str | Path) -> dict[str, str]:
 def write_dump(df: pd.DataFrame, path: str | Path, expected: pd.DataFrame, task: str) -> Path:
     """Check coverage against the expected question set, then write atomically."""
     check_dump(df, expected, task, str(path))
-    return write_parquet(path, df[dump_columns(task)].reset_index(drop=True))
+    return write_parquet(path, df[dump_columns(task, df)].reset_index(drop=True))
 
 
 def read_dump(path: str | Path) -> pd.DataFrame:
@@ -169,11 +204,12 @@ def _load_model_task(folder: Path, model: str, task: str) -> tuple[pd.DataFrame,
 
 def _read_dump(path: Path, model: str, task: str, fold: int) -> pd.DataFrame:
     df = pd.read_parquet(path)
-    need = BASE_COLUMNS + [f"p_{lab}" for lab in TASK_LABELS[task]]
-    lack = [c for c in need if c not in df.columns]
+    lack = [c for c in BASE_COLUMNS if c not in df.columns]
     if lack:
         raise DumpError(f"{path}: missing column(s) {lack}")
-    df = df[need].copy()
+    _check_prob_columns(df, task, str(path))
+    probs = prob_columns(df, task)
+    df = df[BASE_COLUMNS + probs].copy()
     for col, want in (("model", model), ("task", task)):
         bad = df[col].astype(str) != want
         if bad.any():
@@ -191,7 +227,7 @@ def _read_dump(path: Path, model: str, task: str, fold: int) -> pd.DataFrame:
     if df.duplicated(["img_path", "element_key"]).any():
         row = df[df.duplicated(["img_path", "element_key"])].iloc[0]
         raise DumpError(f"{path}: duplicate question {row['img_path']!r} / {row['element_key']!r}")
-    for col in ["target", "pred", *(f"p_{lab}" for lab in TASK_LABELS[task])]:
+    for col in ["target", "pred", *probs]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     bad = ~np.isfinite(df["pred"].to_numpy())
     if bad.any():

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import TokenFocusCollator, load_image
-from .dumps import dump_columns, dump_path, write_dump
+from .dumps import dump_path, write_dump
 from .experiment import is_trained, load_folds, load_split, model_dir, model_folds
 from .fastscore import unsupported_reason
 from .loss import answer_label_logits
@@ -19,7 +19,7 @@ from .metrics import score_frame
 from .models import load_model_adapter, load_trained
 from .packed import packed_image_logits
 from .parallel import in_worker
-from .questions import (ELEMENT, TASK_LABELS, TASK_VALUES, TOTAL, ZEROSHOT_TOKENS, question_frame,
+from .questions import (ELEMENT, PAPER_LABELS, TOTAL, ZEROSHOT_LABELS, LabelSet, question_frame,
                         label_logit_table, task_groups, zeroshot_question)
 
 log = logging.getLogger("tokenfocus")
@@ -36,16 +36,19 @@ def task_probabilities(label_logits: torch.Tensor, tasks: list[str], cols: dict[
     return out
 
 
-def attach_predictions(questions: pd.DataFrame, probs: list[np.ndarray]) -> pd.DataFrame:
-    """Add p_<label> columns (NaN where a label is not the row's) and the expected value ``pred``."""
+def attach_predictions(questions: pd.DataFrame, probs: list[np.ndarray],
+                       label_set: LabelSet = PAPER_LABELS) -> pd.DataFrame:
+    """Add a p_<level> column per level of either task (named by the level's value,
+    ``questions.level_name``; NaN where a level is not the row's task's) and the expected
+    value ``pred``."""
     df = questions.reset_index(drop=True).copy()
-    labels = sorted(set(TASK_LABELS[TOTAL]) | set(TASK_LABELS[ELEMENT]))
+    labels = sorted(set(label_set.names(TOTAL)) | set(label_set.names(ELEMENT)), key=float)
     mat = np.full((len(df), len(labels)), np.nan)
     pred = np.empty(len(df))
     for i, (t, p) in enumerate(zip(df["task"], probs)):
-        idx = [labels.index(lab) for lab in TASK_LABELS[t]]
+        idx = [labels.index(lab) for lab in label_set.names(t)]
         mat[i, idx] = p
-        pred[i] = float(np.dot(p, TASK_VALUES[t]))
+        pred[i] = float(np.dot(p, label_set.values[t]))
     for j, lab in enumerate(labels):
         df[f"p_{lab}"] = mat[:, j]
     df["pred"] = pred
@@ -54,11 +57,10 @@ def attach_predictions(questions: pd.DataFrame, probs: list[np.ndarray]) -> pd.D
 
 @torch.no_grad()
 def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, batch_size: int,
-                      collator, progress: bool = True, desc: str = "score",
-                      task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS) -> pd.DataFrame:
-    """One forward per question (batched), logits at the first answer position only."""
-
-    ids, cols = label_logit_table(adapter, task_tokens)
+                      collator, progress: bool = True, desc: str = "score") -> pd.DataFrame:
+    """One forward per question (batched), logits at the first answer position only, read at
+    the collator's label set."""
+    ids, cols = label_logit_table(adapter, collator.label_set.tokens)
     was_training = model.training
     model.eval()
     rows = questions.to_dict("records")
@@ -79,7 +81,7 @@ def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, 
     bar.close()
     if was_training:
         model.train()
-    return attach_predictions(questions, probs)
+    return attach_predictions(questions, probs, collator.label_set)
 
 
 def score_predictions(pred: pd.DataFrame) -> dict:
@@ -100,7 +102,6 @@ def evaluate_questions(adapter, model, questions: pd.DataFrame, image_dir: Path,
 @torch.no_grad()
 def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: Path, batch_size: int,
                            collator, progress: bool = True, desc: str = "score",
-                           task_tokens: dict[str, tuple[str, ...]] = TASK_LABELS,
                            prefix_batch: int = 1) -> pd.DataFrame:
     """``predict_questions`` with one packed forward per image (``tokenfocus.packed``).
 
@@ -114,12 +115,10 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
     reason = unsupported_reason(adapter, model)
     if reason is not None:
         log.warning("one-prefix scoring unavailable (%s); scoring one forward per question", reason)
-        return predict_questions(adapter, model, questions, image_dir, batch_size, collator, progress, desc,
-                                 task_tokens)
+        return predict_questions(adapter, model, questions, image_dir, batch_size, collator, progress, desc)
     if getattr(collator, "train", False):
         raise ValueError("predict_questions_fast needs an evaluation collator (train=False)")
-    ids, cols = label_logit_table(adapter, task_tokens)
-    structural = collator.tcfg.structural
+    ids, cols = label_logit_table(adapter, collator.label_set.tokens)
     was_training = model.training
     model.eval()
     rows = questions.reset_index(drop=True).to_dict("records")
@@ -134,7 +133,7 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
     for s in range(0, len(paths), prefix_batch):
         group = paths[s:s + prefix_batch]
         images = [load_image(image_dir, p) for p in group]
-        texts = [[collator.question_fn(rows[i], structural) for i in by_image[p]] for p in group]
+        texts = [[collator.question(rows[i]) for i in by_image[p]] for p in group]
         # One packed forward per image (prefix, stems and every question's tokens): 4.9x the
         # naive pairs/s on bench_fast_scoring, against 3.45x for the cached prefix + suffix pass.
         logits = packed_image_logits(adapter, images, texts, ids, model=model, image_batch=prefix_batch)
@@ -148,7 +147,7 @@ def predict_questions_fast(adapter, model, questions: pd.DataFrame, image_dir: P
     bar.close()
     if was_training:
         model.train()
-    return attach_predictions(questions, probs)
+    return attach_predictions(questions, probs, collator.label_set)
 
 
 def _dumps_done(preds_dir: Path, model: str, tasks, fold: int) -> bool:
@@ -173,7 +172,7 @@ def write_fold_dumps(preds_dir: Path, model: str, fold: int, scored: dict[str, p
             if split == "test":
                 out["target"] = np.nan
             exp = expected[split]
-            write_dump(out[dump_columns(task)], dump_path(preds_dir, model, task, split, fold),
+            write_dump(out, dump_path(preds_dir, model, task, split, fold),
                        exp[exp["task"] == task], task)
 
 
@@ -223,9 +222,10 @@ def zeroshot_model(cfg, mcfg, force: bool = False) -> list[str]:
     q_train = question_frame(train).merge(train[["img_path", "fold"]], on="img_path")
     q_test = question_frame(load_split(cfg, "test"))
     adapter = load_model_adapter(cfg, mcfg)
-    collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False, question_fn=zeroshot_question)
+    collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False, question_fn=zeroshot_question,
+                                  label_set=ZEROSHOT_LABELS)
     scored = {s: predict_questions_fast(adapter, adapter.model, q, cfg.image_dir, tcfg.eval_batch, collator,
-                                        desc=f"{name} {s}", task_tokens=ZEROSHOT_TOKENS)
+                                        desc=f"{name} {s}")
               for s, q in (("oof", q_train), ("test", q_test))}
     for k in folds:
         in_fold = scored["oof"]["fold"] == k

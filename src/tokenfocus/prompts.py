@@ -38,6 +38,28 @@ TOTAL_INSTRUCTION = (
     "How well does the image match the text prompt? "
     "Rate from 1 (not at all) to 5 (perfectly). Answer with one digit."
 )
+MAX_TOTAL_LEVELS = 26
+
+
+def total_levels(n: int = 5) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The answer tokens and values of an ``n``-level total score, the levels spread evenly over
+    1..5 (finer levels in the style of Q-Align / iMatch): digits ``1``..``n`` up to nine levels
+    (five: the paper's 1-5; nine: half-steps), letters ``A``.. beyond (fifteen: ``A``..``O``)."""
+    if not 2 <= n <= MAX_TOTAL_LEVELS:
+        raise ValueError(f"total levels: {n} (2..{MAX_TOTAL_LEVELS})")
+    if n == len(TOTAL_LABELS):
+        return TOTAL_LABELS, TOTAL_VALUES
+    labels = tuple(str(k + 1) for k in range(n)) if n <= 9 else tuple(chr(ord("A") + k) for k in range(n))
+    return labels, tuple(1.0 + 4.0 * k / (n - 1) for k in range(n))
+
+
+def total_instruction(labels: tuple[str, ...] = TOTAL_LABELS) -> str:
+    """The total question's instruction for the answer tokens ``labels`` (lowest first)."""
+    if tuple(labels) == TOTAL_LABELS:
+        return TOTAL_INSTRUCTION
+    unit = "digit" if labels[0].isdigit() else "letter"
+    return ("How well does the image match the text prompt? "
+            f"Rate from {labels[0]} (not at all) to {labels[-1]} (perfectly). Answer with one {unit}.")
 ELEMENT_INSTRUCTION = (
     "Is this element shown correctly in the image? "
     "Answer 1 if present or 0 if absent, with one digit."
@@ -90,10 +112,11 @@ def _context(prompt: str, info: Mapping[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def total_question(prompt: str, info: Mapping[str, Any] | None = None) -> str:
-    """The overall-alignment question; the answer is one of TOTAL_LABELS. It ends with the
-    caption question about the whole prompt (see ``element_question``)."""
-    return f"{_context(prompt, info)}\n{TOTAL_INSTRUCTION}\n{vqascore_question(prompt)}"
+def total_question(prompt: str, info: Mapping[str, Any] | None = None,
+                   labels: tuple[str, ...] = TOTAL_LABELS) -> str:
+    """The overall-alignment question; the answer is one of ``labels`` (see ``total_levels``).
+    It ends with the caption question about the whole prompt (see ``element_question``)."""
+    return f"{_context(prompt, info)}\n{total_instruction(labels)}\n{vqascore_question(prompt)}"
 
 
 def element_question(

@@ -26,7 +26,7 @@ from .infer import evaluate_questions
 from .models import load_model_adapter
 from .packed import check_backend, packed_label_logits
 from .parallel import process_state
-from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, question_frame, label_logit_table
+from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, label_logit_table, label_set_of, question_frame
 
 log = logging.getLogger("tokenfocus")
 
@@ -63,19 +63,21 @@ def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
 
 
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,
-                     std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE)."""
+                     std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str,
+                     values: dict = TASK_VALUES) -> torch.Tensor:
+    """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE),
+    each task's levels worth ``values`` (any number of levels)."""
     total = label_logits.new_zeros(())
     for name, tid in TASK_ID.items():
         rows = task == tid
         if not rows.any():
             continue
         logits = label_logits[rows][:, cols[name].to(label_logits.device)]
-        values = torch.tensor(TASK_VALUES[name], dtype=logits.dtype, device=logits.device)
+        values_t = torch.tensor(values[name], dtype=logits.dtype, device=logits.device)
         if kind == "mse":
-            per = tf_loss.token_focus_mse(logits, values, target[rows], reduction="sum") / TASK_RANGE[name] ** 2
+            per = tf_loss.token_focus_mse(logits, values_t, target[rows], reduction="sum") / TASK_RANGE[name] ** 2
         else:
-            probs = tf_loss.soft_label_targets(target[rows], std[rows], values)
+            probs = tf_loss.soft_label_targets(target[rows], std[rows], values_t)
             per = tf_loss.soft_label_ce(logits, probs, reduction="sum")
         total = total + per
     return total / len(task)
@@ -102,7 +104,8 @@ def _trainer_class():
             else:
                 label_logits = packed_label_logits if "segment_ids" in inputs else tf_loss.answer_label_logits
                 logits = label_logits(model, inputs, self.label_ids.to(task.device))
-                loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss)
+                loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss,
+                                        label_set_of(self.tf_cfg.total_levels).values)
             return (loss, None) if return_outputs else loss
 
         def create_optimizer(self, model=None):
@@ -217,7 +220,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
                 shutil.rmtree(d)
     torch.manual_seed(tcfg.seed)
     adapter = load_model_adapter(cfg, mcfg, qlora=tcfg.qlora)
-    label_ids, label_cols = label_logit_table(adapter)
+    label_ids, label_cols = label_logit_table(adapter, label_set_of(tcfg.total_levels).tokens)
     model = prepare_model(adapter, tcfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..dumps import TASK_LABELS
+from ..dumps import level_value, prob_columns
 from ..features import KEY, group_features
 from .common import FEATURE_SETS, PRED
 
@@ -16,12 +16,13 @@ log = logging.getLogger("tokenfocus")
 
 def _spread(long: pd.DataFrame) -> np.ndarray:
     """Standard deviation of each total question's label distribution (NaN for elements)."""
-    labels = np.array([float(x) for x in TASK_LABELS["total"]])
-    cols = [f"p_{x}" for x in TASK_LABELS["total"]]
     out = np.full(len(long), np.nan)
     is_total = (long["task"] == "total").to_numpy()
-    if is_total.any() and all(c in long for c in cols):
-        p = long.loc[is_total, cols].to_numpy(float)
+    # Every total level any model has (models trained with other total_levels read other ones).
+    cols = prob_columns(long[is_total], "total")
+    labels = np.array([level_value(c) for c in cols])
+    if is_total.any() and len(cols) >= 2:
+        p = np.nan_to_num(long.loc[is_total, cols].to_numpy(float))
         p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
         mean = p @ labels
         out[is_total] = np.sqrt(np.clip(p @ labels ** 2 - mean ** 2, 0, None))
