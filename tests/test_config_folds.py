@@ -82,6 +82,10 @@ def test_qlora_keeps_the_vision_tower_unquantised():
     ("name: x\nmodels:\n  - {name: q, family: qwen2_5_vl, path: checkpoints/qwen-ft}\n",
      "checkpoint directory not found"),
     ("name: x\nmodels:\n  - {name: q, family: qwen2_5_vl, path: ./ckpt, hub: true}\n", "not a hub id"),
+    ("name: x\ntraining: {total_levels: 30}\nmodels:\n  - {name: q, family: qwen2_5_vl, path: input/pretrained/tiny-qwen2.5-vl}\n",
+     "training.total_levels: total levels: 30 (2..26)"),
+    ("name: x\ntraining: {augment_shift: 0.8}\nmodels:\n  - {name: q, family: qwen2_5_vl, path: input/pretrained/tiny-qwen2.5-vl}\n",
+     "training.augment_shift: 0.8 outside [0, 0.5]"),
 ])
 def test_config_errors(tmp_path, text, msg):
     p = tmp_path / "c.yaml"

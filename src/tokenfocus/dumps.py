@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .io import write_parquet
 
-TASK_LABELS = {"total": ("1", "2", "3", "4", "5"), "element": ("0", "1")}   # the paper's levels
 ELEMENT_PROBS = ["p_0", "p_1"]
 BASE_COLUMNS = ["img_path", "prompt_id", "prompt", "fold", "model", "kind", "task", "element_key",
                 "category", "target", "pred"]
@@ -65,13 +64,15 @@ def dump_columns(task: str, df: pd.DataFrame) -> list[str]:
     return BASE_COLUMNS + prob_columns(df, task)
 
 
-def _check_prob_columns(df: pd.DataFrame, task: str, where: str) -> None:
+def _check_prob_columns(df: pd.DataFrame, task: str, where: str) -> list[str]:
+    """``prob_columns`` of a dump, which must be p_0, p_1 (elements) or two or more levels (totals)."""
     cols = prob_columns(df, task)
     if task == "element" and cols != ELEMENT_PROBS:
         raise DumpError(f"{where}: missing column(s) {[c for c in ELEMENT_PROBS if c not in cols]}")
     if task == "total" and len(cols) < 2:
         raise DumpError(f"{where}: needs p_<level> columns of at least two total levels in [1, 5], "
                         f"has {cols}")
+    return cols
 
 
 def check_dump(df: pd.DataFrame, expected: pd.DataFrame, task: str, where: str) -> None:
@@ -138,7 +139,7 @@ def read_dump(path: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- reading
 
 _DUMP_RE = re.compile(r"^(oof|test)_fold(\d+)\.parquet$")
-TASKS = tuple(TASK_LABELS)   # ("total", "element")
+TASKS = ("total", "element")
 
 
 def load_dumps(preds_dir: str | Path, models: Sequence[str] | None = None,
@@ -207,8 +208,7 @@ def _read_dump(path: Path, model: str, task: str, fold: int) -> pd.DataFrame:
     lack = [c for c in BASE_COLUMNS if c not in df.columns]
     if lack:
         raise DumpError(f"{path}: missing column(s) {lack}")
-    _check_prob_columns(df, task, str(path))
-    probs = prob_columns(df, task)
+    probs = _check_prob_columns(df, task, str(path))
     df = df[BASE_COLUMNS + probs].copy()
     for col, want in (("model", model), ("task", task)):
         bad = df[col].astype(str) != want

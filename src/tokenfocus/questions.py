@@ -7,11 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from .data import ELEMENT, STRUCTURAL_COLUMNS, TOTAL, question_frame
-from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, TOTAL_LABELS, TOTAL_VALUES, drop_structural,
-                      element_question, total_levels, total_question, vqascore_question)
+from .prompts import (ELEMENT_LABELS, ELEMENT_VALUES, drop_structural, element_question, total_levels,
+                      total_question, vqascore_question)
 
-TASK_LABELS = {TOTAL: TOTAL_LABELS, ELEMENT: ELEMENT_LABELS}
-TASK_VALUES = {TOTAL: TOTAL_VALUES, ELEMENT: ELEMENT_VALUES}
 INFO_COLUMNS = STRUCTURAL_COLUMNS   # the fields prompts.STRUCTURAL_FIELDS names, in its order
 TASK_ID = {TOTAL: 0, ELEMENT: 1}   # the task column of a batch (tf_task)
 
@@ -47,6 +45,7 @@ def label_set_of(levels: int = 5) -> LabelSet:
 
 
 PAPER_LABELS = label_set_of(5)
+TASK_LABELS, TASK_VALUES = PAPER_LABELS.tokens, PAPER_LABELS.values   # the paper's 1-5 and 0/1
 
 
 def label_logit_table(adapter, task_tokens: dict[str, tuple[str | None, ...]] = TASK_LABELS

@@ -92,9 +92,10 @@ def _trainer_class():
 
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *a, tf_cfg: TrainingConfig, label_ids, label_cols, is_vision, **kw):
+        def __init__(self, *a, tf_cfg: TrainingConfig, label_ids, label_cols, label_values, is_vision, **kw):
             super().__init__(*a, **kw)
             self.tf_cfg, self.label_ids, self.label_cols = tf_cfg, label_ids, label_cols
+            self.label_values = label_values
             self.is_vision = is_vision
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -105,7 +106,7 @@ def _trainer_class():
                 label_logits = packed_label_logits if "segment_ids" in inputs else tf_loss.answer_label_logits
                 logits = label_logits(model, inputs, self.label_ids.to(task.device))
                 loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss,
-                                        label_set_of(self.tf_cfg.total_levels).values)
+                                        self.label_values)
             return (loss, None) if return_outputs else loss
 
         def create_optimizer(self, model=None):
@@ -220,7 +221,8 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
                 shutil.rmtree(d)
     torch.manual_seed(tcfg.seed)
     adapter = load_model_adapter(cfg, mcfg, qlora=tcfg.qlora)
-    label_ids, label_cols = label_logit_table(adapter, label_set_of(tcfg.total_levels).tokens)
+    label_set = label_set_of(tcfg.total_levels)
+    label_ids, label_cols = label_logit_table(adapter, label_set.tokens)
     model = prepare_model(adapter, tcfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("train %s/%s/fold%d: %d questions, %d held out, %d trainable parameters",
@@ -282,7 +284,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
         model=model, args=args, train_dataset=dataset,
         data_collator=train_collator,
         callbacks=[_Cb(), *callbacks], tf_cfg=tcfg, label_ids=label_ids, label_cols=label_cols,
-        is_vision=adapter.is_vision_param)
+        label_values=label_set.values, is_vision=adapter.is_vision_param)
     work.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(work)) if work.is_dir() else None
     if last:

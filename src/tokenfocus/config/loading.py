@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from ..prompts import total_levels
 from .coerce import ConfigError, build
 from .schema import DEFAULT_CONFIG, Config
 
@@ -140,8 +141,10 @@ def _check_models(cfg: Config) -> None:
                              ("bf16", ("auto", "true", "false")), ("gradient_checkpointing", ("auto", "true", "false"))):
             if getattr(t, fld) not in allowed:
                 raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} not one of {allowed}")
-        if not 2 <= t.total_levels <= 26:
-            raise ConfigError(f"{where}.training.total_levels: {t.total_levels!r} outside 2..26")
+        try:
+            total_levels(t.total_levels)
+        except ValueError as e:
+            raise ConfigError(f"{where}.training.total_levels: {e}") from None
         for fld in ("augment_brightness", "augment_contrast", "augment_blur", "augment_shift"):
             if not 0.0 <= getattr(t, fld) <= 0.5:
                 raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} outside [0, 0.5]")

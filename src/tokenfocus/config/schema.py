@@ -125,12 +125,12 @@ class TrainingConfig:
     eval_batch: int = 32
     dataloader_workers: int = 0
     max_train_questions: Optional[int] = None   # subsample per fold (demo budget)
-    # Label-preserving image augmentation in the training collator (tokenfocus.augment; off in
-    # the paper's Table 2, on in iMatch as random lighting): brightness / contrast factors in
-    # [1 - x, 1 + x], blur radius and shrink-and-shift as fractions of the image side.
     # The total's answer levels (prompts.total_levels): 5 is the paper's 1-5; 9 half-steps or 15
     # levels (A..O) read the total iMatch's way, from finer level tokens mapped onto 1-5.
     total_levels: int = 5
+    # Label-preserving image augmentation in the training collator (tokenfocus.augment; off in
+    # the paper's Table 2, on in iMatch as random lighting): brightness / contrast factors in
+    # [1 - x, 1 + x], blur radius and shrink-and-shift as fractions of the image side.
     augment: bool = False
     augment_brightness: float = 0.15
     augment_contrast: float = 0.15
