@@ -118,9 +118,12 @@ class TokenFocusCollator:
 
     @staticmethod
     def _targets(rows: list[dict]) -> dict:
-        return {"tf_task": torch.tensor([TASK_ID[r["task"]] for r in rows]),
-                "tf_target": torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32),
-                "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
+        out = {"tf_task": torch.tensor([TASK_ID[r["task"]] for r in rows]),
+               "tf_target": torch.tensor([float(r["target"]) for r in rows], dtype=torch.float32),
+               "tf_std": torch.tensor([float(r.get("target_std", 0.0) or 0.0) for r in rows], dtype=torch.float32)}
+        if any("weight" in r for r in rows):   # pseudo-labelled questions weigh less (tokenfocus.pseudo)
+            out["tf_weight"] = torch.tensor([float(r.get("weight", 1.0)) for r in rows], dtype=torch.float32)
+        return out
 
 
 def sft_answer(row: dict, label_set: LabelSet) -> str:

@@ -71,7 +71,7 @@ def predict_questions(adapter, model, questions: pd.DataFrame, image_dir: Path, 
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         batch = collator(chunk)
-        for k in ("tf_task", "tf_target", "tf_std", "labels"):
+        for k in ("tf_task", "tf_target", "tf_std", "tf_weight", "labels"):
             batch.pop(k, None)
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         logits = answer_label_logits(model, batch, ids.to(device))

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from . import loss as tf_loss
+from . import pseudo
 from .config import Config, ConfigError, ModelConfig, TrainingConfig, settings_diff
 from .data import read_json
 from .io import atomic_dir, file_sha256, write_json
@@ -39,10 +40,16 @@ TASK_RANGE = {TOTAL: 4.0, ELEMENT: 1.0}
 NON_RESULT_SETTINGS = ("eval_batch", "dataloader_workers", "save_steps")
 
 
-def made_with(cfg: Config, tcfg: TrainingConfig) -> dict:
-    """What an adapter's result depends on besides its base: the training settings and the folds."""
+def made_with(cfg: Config, tcfg: TrainingConfig, fold: int | None = None) -> dict:
+    """What an adapter's result depends on besides its base: the training settings, the folds, and
+    for a pseudo-label model of ``fold`` the source's test dumps it learns from."""
     settings = {f"training.{k}": v for k, v in asdict(tcfg).items() if k not in NON_RESULT_SETTINGS}
-    return {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
+    made = {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
+    if tcfg.pseudo_labels is not None and fold is not None:
+        made["pseudo-label dumps sha256"] = {
+            str(f.relative_to(cfg.exp_dir)): file_sha256(f) if f.is_file() else None
+            for f in pseudo.source_dumps(cfg, tcfg, fold, (TOTAL, ELEMENT))}
+    return made
 
 
 def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
@@ -54,7 +61,7 @@ def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
         return False
     card = read_json(out / "train_done.json")
     if tcfg is not None and "made_with" in card:
-        changed = settings_diff(card["made_with"], made_with(cfg, tcfg))
+        changed = settings_diff(card["made_with"], made_with(cfg, tcfg, fold))
         if changed:
             raise ConfigError(f"{cfg.source}: {out} was trained with other settings: {'; '.join(changed)}. "
                               "Retrain with --force (stage 03), or restore the settings")
@@ -64,9 +71,10 @@ def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
 
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,
                      std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str,
-                     values: dict = TASK_VALUES) -> torch.Tensor:
+                     values: dict = TASK_VALUES, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE),
-    each task's levels worth ``values`` (any number of levels)."""
+    each task's levels worth ``values`` (any number of levels), each question counted ``weight``
+    times (default 1; pseudo-labelled questions count ``pseudo_weight``)."""
     total = label_logits.new_zeros(())
     for name, tid in TASK_ID.items():
         rows = task == tid
@@ -75,11 +83,11 @@ def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: tor
         logits = label_logits[rows][:, cols[name].to(label_logits.device)]
         values_t = torch.tensor(values[name], dtype=logits.dtype, device=logits.device)
         if kind == "mse":
-            per = tf_loss.token_focus_mse(logits, values_t, target[rows], reduction="sum") / TASK_RANGE[name] ** 2
+            per = tf_loss.token_focus_mse(logits, values_t, target[rows], reduction="none") / TASK_RANGE[name] ** 2
         else:
             probs = tf_loss.soft_label_targets(target[rows], std[rows], values_t)
-            per = tf_loss.soft_label_ce(logits, probs, reduction="sum")
-        total = total + per
+            per = tf_loss.soft_label_ce(logits, probs, reduction="none")
+        total = total + (per.sum() if weight is None else (per * weight[rows].to(per.dtype)).sum())
     return total / len(task)
 
 
@@ -100,13 +108,14 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             task, target, std = inputs.pop("tf_task"), inputs.pop("tf_target"), inputs.pop("tf_std")
+            weight = inputs.pop("tf_weight", None)
             if self.tf_cfg.loss == "sft":
                 loss = tf_loss.full_vocab_sft_loss(model, inputs, inputs.pop("labels"))
             else:
                 label_logits = packed_label_logits if "segment_ids" in inputs else tf_loss.answer_label_logits
                 logits = label_logits(model, inputs, self.label_ids.to(task.device))
                 loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss,
-                                        self.label_values)
+                                        self.label_values, weight)
             return (loss, None) if return_outputs else loss
 
         def create_optimizer(self, model=None):
@@ -296,7 +305,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
                                       "eval_questions": len(eval_q), "train_runtime_s": result.metrics.get("train_runtime"),
                                       "train_loss": result.metrics.get("train_loss"),
                                       "global_step": trainer.state.global_step, "processes": world, "training": asdict(tcfg),
-                                      "made_with": made_with(cfg, tcfg)})
+                                      "made_with": made_with(cfg, tcfg, fold)})
     trainer.accelerator.wait_for_everyone()
     return out
 
@@ -326,5 +335,10 @@ def fold_questions(cfg: Config, train: pd.DataFrame, folds: pd.DataFrame, fold: 
         counts = tr.groupby("img_path").size().reindex(images)
         keep = set(images[(counts.cumsum() <= tcfg.max_train_questions).to_numpy()])
         tr = tr[tr["img_path"].isin(keep)]
+    if tcfg.pseudo_labels is not None:
+        # The test inputs, labelled by the source model (never by a test label), after the
+        # labelled questions and outside max_train_questions.
+        extra = pseudo.pseudo_questions(cfg, tcfg, fold, tasks)
+        tr = pd.concat([tr.assign(weight=1.0), extra.assign(fold=-1)], ignore_index=True)
     # Shuffle is the Trainer's job; a stable order here keeps runs reproducible.
     return tr.reset_index(drop=True), ev.reset_index(drop=True)

@@ -148,6 +148,34 @@ def _check_models(cfg: Config) -> None:
         for fld in ("augment_brightness", "augment_contrast", "augment_blur", "augment_shift"):
             if not 0.0 <= getattr(t, fld) <= 0.5:
                 raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} outside [0, 0.5]")
+        _check_pseudo_labels(cfg, m, t, where)
+
+
+def _check_pseudo_labels(cfg: Config, m, t, where: str) -> None:
+    """A pseudo-label model names another configured model that is not itself one, trains no fold
+    the source lacks ('unseen'), and uses a token-focus loss (the targets are soft)."""
+    if t.pseudo_labels is None:
+        return
+    key = f"{where}.training."
+    sources = {s.name: s for s in cfg.models}
+    src = sources.get(t.pseudo_labels)
+    if src is None or src.name == m.name:
+        raise ConfigError(f"{key}pseudo_labels: {t.pseudo_labels!r} must name another of the models {sorted(sources)}")
+    if src.training_config(cfg.training).pseudo_labels is not None:
+        raise ConfigError(f"{key}pseudo_labels: {src.name!r} is itself trained on pseudo-labels (one round only)")
+    if t.loss == "sft":
+        raise ConfigError(f"{key}pseudo_labels: needs a token-focus loss (mse or soft_ce); 'sft' has no soft targets")
+    if t.pseudo_folds not in ("unseen", "all"):
+        raise ConfigError(f"{key}pseudo_folds: {t.pseudo_folds!r} not one of ('unseen', 'all')")
+    if not t.pseudo_weight > 0:
+        raise ConfigError(f"{key}pseudo_weight: {t.pseudo_weight!r} must be positive")
+    if not 0.0 <= t.pseudo_threshold < 1.0:
+        raise ConfigError(f"{key}pseudo_threshold: {t.pseudo_threshold!r} outside [0, 1)")
+    mine = set(m.folds if m.folds is not None else range(cfg.folds.n_folds))
+    theirs = set(src.folds if src.folds is not None else range(cfg.folds.n_folds))
+    if t.pseudo_folds == "unseen" and not mine <= theirs:
+        raise ConfigError(f"{key}pseudo_labels: folds {sorted(mine - theirs)} are not trained by {src.name!r} "
+                          "(pseudo_folds 'unseen' labels fold k with the source's fold-k model)")
 
 
 def check_inputs(cfg: Config, need_images: bool = False) -> None:

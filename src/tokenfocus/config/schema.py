@@ -136,6 +136,15 @@ class TrainingConfig:
     augment_contrast: float = 0.15
     augment_blur: float = 0.005
     augment_shift: float = 0.06
+    # Pseudo-labels (iMatch; tokenfocus.pseudo): a second round that adds the test inputs,
+    # labelled by the test predictions of the model named here (None: off); a pseudo-labelled
+    # question weighs pseudo_weight in the loss and is kept when its confidence (0..1) reaches
+    # pseudo_threshold; pseudo_folds 'unseen' labels fold k's extra questions with the source's
+    # fold-k model only (honest OOF), 'all' with the mean of all its folds.
+    pseudo_labels: Optional[str] = None
+    pseudo_weight: float = 0.5
+    pseudo_threshold: float = 0.0
+    pseudo_folds: str = "unseen"
 
 
 @dataclass
