@@ -9,7 +9,7 @@ import pandas as pd
 from ..config import Config, ConfigError
 from ..experiment import load_folds, load_split, model_dir, model_folds
 from ..infer import infer_model, model_dumps_done
-from ..parallel import run_units
+from ..parallel import process_state, run_units
 from ..pseudo import source_folds
 from ..questions import task_groups
 from ..train import fold_questions, skip_trained, train_fold
@@ -66,8 +66,12 @@ def _source_dumps(cfg: Config, units, jobs) -> None:
     source models' folds, scored side by side where their dumps are missing."""
     need = sorted({(tcfg.pseudo_labels, k) for tcfg, fold in units for k in source_folds(cfg, tcfg, fold)})
     need = [(m, k) for m, k in need if not model_dumps_done(cfg, m, [k])]
+    # Under accelerate launch the processes share the units out, then wait for each other's dumps.
+    state = process_state()
+    state.wait_for_everyone()   # every process has listed the same missing dumps
     run_units([(infer_model, (cfg, cfg.model(m), False, k)) for m, k in need], jobs,
-              desc="score for pseudo-labels", names=[f"{m}/fold{k}" for m, k in need])
+              desc="score for pseudo-labels", names=[f"{m}/fold{k}" for m, k in need], distribute=True)
+    state.wait_for_everyone()
 
 
 def _last_metrics(out: Path) -> dict:
