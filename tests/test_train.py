@@ -199,6 +199,26 @@ def test_changed_training_setting_stops_instead_of_reusing_the_adapter(cfg):
     assert (out / "train_done.json").stat().st_mtime_ns == before
 
 
+def test_adapter_recorded_before_an_option_existed_is_kept_while_the_option_is_off(cfg):
+    """An adapter whose record lacks a later training option (here pseudo_weight, augment_shift) is
+    reused while that option is at its default, and stops the run once it is not."""
+    mcfg, tr, ev, out, before = _trained_fold0(cfg)
+    card_path = out / "train_done.json"
+    original = card_path.read_text()
+    try:
+        card = json.loads(original)
+        for key in ("training.pseudo_weight", "training.augment_shift"):
+            del card["made_with"][key]
+        card_path.write_text(json.dumps(card))
+        train_fold(cfg, mcfg, "mixed", 0, tr, ev)                       # kept: both at their defaults
+        assert json.loads(card_path.read_text()) == card
+        shifted = mcfg.__class__(**{**mcfg.__dict__, "training": {**mcfg.training, "augment_shift": 0.1}})
+        with pytest.raises(ConfigError, match=r"training\.augment_shift: None then, 0\.1 now"):
+            train_fold(cfg, shifted, "mixed", 0, tr, ev)
+    finally:
+        card_path.write_text(original)
+
+
 def test_qlora_path_trains_and_scores_on_a_4bit_base(cfg):
     """training.qlora: the base is loaded in 4-bit NF4 (bitsandbytes), LoRA trains on top, and
     the fold scores with its LoRA kept unmerged (the same code path as a GPU run)."""

@@ -61,12 +61,20 @@ def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
         return False
     card = read_json(out / "train_done.json")
     if tcfg is not None and "made_with" in card:
-        changed = settings_diff(card["made_with"], made_with(cfg, tcfg, fold))
+        changed = settings_diff(card["made_with"], _as_recorded(card["made_with"], made_with(cfg, tcfg, fold)))
         if changed:
             raise ConfigError(f"{cfg.source}: {out} was trained with other settings: {'; '.join(changed)}. "
                               "Retrain with --force (stage 03), or restore the settings")
     log.info("train %s/%s/fold%d: done, skipping (use --force to retrain)", model, group, fold)
     return True
+
+
+def _as_recorded(made: dict, now: dict) -> dict:
+    """``now`` without the training settings an older adapter's record lacks while they are at their
+    defaults: options added since (augmentation, finer levels, pseudo-labels) that are off train
+    exactly as before, so the adapter is kept."""
+    defaults = {f"training.{k}": v for k, v in asdict(TrainingConfig()).items()}
+    return {k: v for k, v in now.items() if k in made or k not in defaults or v != defaults[k]}
 
 
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,

@@ -20,10 +20,17 @@ scene than one first answer token): ``--captions N`` adds N scenes a step descri
 ``--checklists N`` adds N checklists ("Which of these does the image show? heart, red, star" ->
 "heart Yes, red No, star Yes"), where each Yes/No follows its own word.
 
-Measured on one core of the 2-core machine (the two runs side by side; tiny Qwen2.5-VL language
-model, 4 layers, 128 wide, batch 32, lr 1e-3, all ten question types; held-out accuracy, 100
-questions a type; majority rates about 0.5 for the yes/no types, 0.2 for count and colour-of):
-see the README's demo section for the table of runs.
+Measured on one core of the 2-core machine (two runs side by side; the fresh tiny Qwen2.5-VL
+language model, 4 layers, 128 wide; batch 32, lr 1e-3, all ten question types; held-out accuracy,
+100 questions a type), after 250 / 500 / 750 / 1000 / 1250 steps (23 minutes):
+- plain: background 1.0 from step 250; colour of a named shape 0.12 / 0.12 / 0.43 / 0.69 / 0.73;
+  caption matching 0.68-0.74 (majority about 0.53); shape presence 0.45 / 0.56 / 0.55 / 0.49 /
+  0.60, colour, colour-shape, texture, style presence, count and relation at or near their
+  majority rates throughout;
+- ``--captions 8 --checklists 16`` (1.8x the step time): 750 steps in the same 25 minutes,
+  colour of 0.12 / 0.68 / 0.76, caption matching 0.76, every presence type at its majority rate.
+The copy answers are learned within minutes, the yes/no presence answers (noticing that nothing
+matches the asked word) are not.
 """
 from __future__ import annotations
 
