@@ -1,6 +1,7 @@
 """Pseudo-labels: a second training round on the test inputs, labelled by another model's test
 predictions and never by a test label."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from tokenfocus import pseudo, stages
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.dumps import dump_path, read_dump
+from tokenfocus.errors import InputError
 from tokenfocus.io import write_parquet
 from tokenfocus.questions import question_frame
 from tokenfocus.train import fold_questions, model_dir, token_focus_loss
@@ -84,13 +86,30 @@ def test_stage_03_trains_the_source_scores_it_and_then_the_pseudo_label_model(cf
     test_questions = len(question_frame(stages.load_split(cfg, "test")))
     assert card["train_questions"] == source["train_questions"] + test_questions
     assert card["eval_questions"] == source["eval_questions"]    # the held-out fold is unchanged
-    sha = card["made_with"]["pseudo-label dumps sha256"]
-    assert sorted(sha) == ["preds/qwen/element/test_fold0.parquet", "preds/qwen/total/test_fold0.parquet"]
-    assert all(len(v) == 64 for v in sha.values())
-    # A re-run finds everything done and changes nothing.
+    sha = card["made_with"]["pseudo-label source sha256"]
+    assert list(sha) == ["models/qwen/mixed/fold0/adapter_model.safetensors"] and len(sha[list(sha)[0]]) == 64
+    # A re-run finds everything done and changes nothing; so does one after the source's test
+    # dumps were scored again (stage 04 --force), since the source adapter is the same.
     before = (model_dir(cfg, "qwen_pl", "mixed", 0) / "train_done.json").stat().st_mtime_ns
     stages.run_training(cfg, jobs=1)
+    from tokenfocus.infer import infer_model
+    infer_model(cfg, cfg.model("qwen"), force=True, fold=0)
+    stages.run_training(cfg, jobs=1)
     assert (model_dir(cfg, "qwen_pl", "mixed", 0) / "train_done.json").stat().st_mtime_ns == before
+
+
+def test_dumps_older_than_a_retrained_source_are_scored_again(cfg, trained):
+    from tokenfocus.stages.train import _stale_dumps
+
+    assert not _stale_dumps(cfg, "qwen", 0)
+    done = model_dir(cfg, "qwen", "mixed", 0) / "train_done.json"
+    dump = dump_path(cfg.exp_dir / "preds", "qwen", "total", "test", 0)
+    original = done.stat()
+    try:
+        os.utime(done, (dump.stat().st_atime + 10, dump.stat().st_mtime + 10))   # as if retrained after scoring
+        assert _stale_dumps(cfg, "qwen", 0)
+    finally:
+        os.utime(done, ns=(original.st_atime_ns, original.st_mtime_ns))
 
 
 def test_pseudo_targets_are_the_source_predictions_of_the_fold_that_never_saw_it(cfg, trained):
@@ -114,36 +133,60 @@ def test_pseudo_targets_are_the_source_predictions_of_the_fold_that_never_saw_it
 
 
 def test_pseudo_labels_never_read_a_test_label(cfg, trained):
-    """Corrupting the hidden test truth (eval.json) changes nothing the second round trains on."""
+    """With the true test labels written into the test file itself (and the hidden truth file
+    corrupted), the second round's training questions are unchanged: its targets come from the
+    source's predictions only."""
     tcfg = cfg.model("qwen_pl").training_config(cfg.training)
-    before = pseudo.pseudo_questions(cfg, tcfg, 0, ("total", "element"))
-    path = cfg.eval_path
-    original = path.read_text()
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+
+    def questions():
+        return (pseudo.pseudo_questions(cfg, tcfg, 0, ("total", "element")),
+                fold_questions(cfg, train, folds, 0, ("total", "element"), tcfg)[0])
+
+    before = questions()
+    files = {p: p.read_text() for p in (cfg.test_path, cfg.eval_path)}
     try:
-        records = json.loads(original)
-        for r in records:
-            r["total_score"] = 1.0 if (r.get("total_score") or 3) > 3 else 5.0
-            r["element_score"] = {k: 1.0 - (v or 0) for k, v in (r.get("element_score") or {}).items()}
-        path.write_text(json.dumps(records))
-        after = pseudo.pseudo_questions(cfg, tcfg, 0, ("total", "element"))
+        truth = {r["img_path"]: r for r in json.loads(files[cfg.eval_path])}
+        test = json.loads(files[cfg.test_path])
+        for r in test:
+            r["total_score"] = truth[r["img_path"]]["total_score"]
+            r["element_score"] = truth[r["img_path"]]["element_score"]
+        cfg.test_path.write_text(json.dumps(test))
+        assert stages.load_split(cfg, "test", record=False)["total_score"].notna().all()   # labels now readable
+        cfg.eval_path.write_text(json.dumps([{**r, "total_score": 6 - float(r["total_score"])}
+                                             for r in truth.values()]))
+        after = questions()
     finally:
-        path.write_text(original)
-    pd.testing.assert_frame_equal(before, after)
+        for p, text in files.items():
+            p.write_text(text)
+    for b, a in zip(before, after):
+        pd.testing.assert_frame_equal(b, a)
 
 
 def test_threshold_bagging_and_missing_dumps(cfg, trained, tmp_path):
     tcfg = cfg.model("qwen_pl").training_config(cfg.training)
     preds = cfg.exp_dir / "preds"
     # 'all' bags the source's folds: a copy of fold 0's dumps as fold 1 with every value moved.
-    moved = {}
+    moved, written = {}, []
     for task in ("total", "element"):
         d = read_dump(dump_path(preds, "qwen", task, "test", 0))
         moved[task] = d
         shifted = d.copy()
         shifted["pred"] = d["pred"] * 0.5 + (0.5 if task == "element" else 1.5)
-        write_parquet(dump_path(preds, "qwen", task, "test", 1), shifted.assign(fold=1))
-    bagged = pseudo.pseudo_questions(cfg, tcfg.__class__(**{**tcfg.__dict__, "pseudo_folds": "all"}),
-                                     0, ("element",))
+        path = dump_path(preds, "qwen", task, "test", 1)
+        assert not path.exists()
+        written.append(write_parquet(path, shifted.assign(fold=1)))
+    try:
+        bagged = pseudo.pseudo_questions(cfg, tcfg.__class__(**{**tcfg.__dict__, "pseudo_folds": "all"}),
+                                         0, ("element",))
+        # A dump with a hole is named, not averaged over fewer folds.
+        holed = read_dump(written[1]).iloc[1:]
+        write_parquet(written[1], holed)
+        with pytest.raises(InputError, match=r"qwen/element/test_fold1\.parquet: covers the wrong questions"):
+            pseudo.pseudo_questions(cfg, tcfg.__class__(**{**tcfg.__dict__, "pseudo_folds": "all"}), 0, ("element",))
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
     got = bagged.merge(moved["element"], on=["img_path", "element_key"], suffixes=("", "_dump"))
     np.testing.assert_allclose(got["target"], (got["pred"] + got["pred"] * 0.5 + 0.5) / 2, atol=1e-12)
     # A threshold keeps the confident questions only, and says how many.
@@ -153,8 +196,15 @@ def test_threshold_bagging_and_missing_dumps(cfg, trained, tmp_path):
     assert len(kept) == int((conf >= np.median(conf)).sum()) and 0 < len(kept) < len(conf)
     # A source fold without dumps is named.
     missing = tcfg.__class__(**{**tcfg.__dict__, "pseudo_labels": "qwen_other"})
-    with pytest.raises(Exception, match="qwen_other/total/test_fold0.parquet"):
-        pseudo._predictions(pseudo.source_dumps(cfg, missing, 0, ("total",)), "total")
+    with pytest.raises(InputError, match="qwen_other/total/test_fold0.parquet"):
+        pseudo._predictions(pseudo.source_dumps(cfg, missing, 0, ("total",)), "total", moved["total"])
+    # Non-finite level probabilities in a dump are named with the file and the column.
+    bad = moved["total"].copy()
+    bad.loc[bad.index[0], "p_3"] = np.nan
+    path = tmp_path / "bad_total.parquet"
+    write_parquet(path, bad)
+    with pytest.raises(InputError, match=r"bad_total\.parquet: non-finite values in column\(s\) \['p_3'\]"):
+        pseudo._predictions([path], "total", moved["total"])
 
 
 def test_confidence_of_totals_and_elements():
@@ -209,3 +259,29 @@ def test_unseen_needs_the_source_to_train_the_fold(tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"folds \[2\] are not trained by 'qwen'"):
         load_config(path)
+
+
+def test_ablation_table_scores_each_variant_on_test_where_the_truth_is_known(cfg, trained):
+    """The ablation rows carry test scores (the demo knows the test truth) beside the OOF ones;
+    here the pseudo-label model is the 'pl' variant of qwen."""
+    import dataclasses
+
+    from tokenfocus.config.schema import AblationConfig
+    from tokenfocus.ensemble import truth_frame
+    from tokenfocus.infer import infer_model, score_predictions, zeroshot_model
+    from tokenfocus.stages.ablation import ablation_table
+
+    ab = dataclasses.replace(cfg, ablation=AblationConfig(
+        model="qwen", folds=[0], variants={"token_focus_mse": {}, "pl": {"pseudo_labels": "qwen", "pseudo_weight": 0.25}}))
+    assert [m.name for m in ab.ablation_models()] == ["qwen_pl"]
+    infer_model(ab, ab.model("qwen_pl"), fold=0)
+    zeroshot_model(ab, ab.model("qwen"))
+    table = ablation_table(ab, n_boot=5).set_index("variant")
+    assert list(table.index) == ["zero-shot (untuned base)", "token_focus_mse", "pl"]
+    assert table.loc["pl", "model"] == "qwen_pl"
+    test = read_dump(dump_path(cfg.exp_dir / "preds", "qwen", "total", "test", 0))
+    test = pd.concat([test, read_dump(dump_path(cfg.exp_dir / "preds", "qwen", "element", "test", 0))])
+    truth = truth_frame(json.loads(cfg.eval_path.read_text()))
+    want = score_predictions(test.drop(columns="target").merge(truth, on=["img_path", "task", "element_key"]))
+    assert table.loc["token_focus_mse", "test_final"] == pytest.approx(want["final"], abs=1e-12)
+    assert table[["test_srcc", "test_plcc", "test_acc", "test_final"]].notna().all().all()

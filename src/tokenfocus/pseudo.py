@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, TrainingConfig
-from .dumps import dump_path, level_value, prob_columns, read_dump
+from .dumps import DumpError, check_dump, dump_path, level_value, prob_columns, read_dump
 from .errors import InputError
-from .experiment import load_split
-from .questions import ELEMENT, TOTAL, question_frame
+from .experiment import load_split, model_dir, model_folds
+from .questions import ELEMENT, TOTAL, question_frame, task_groups
 
 log = logging.getLogger("tokenfocus")
 
@@ -40,7 +40,7 @@ def source_folds(cfg: Config, tcfg: TrainingConfig, fold: int) -> list[int]:
     """The folds of the source model whose test predictions label fold ``fold``'s extra questions."""
     if tcfg.pseudo_folds == "unseen":
         return [fold]
-    return list(cfg.model(tcfg.pseudo_labels).folds or range(cfg.folds.n_folds))
+    return model_folds(cfg, cfg.model(tcfg.pseudo_labels))
 
 
 def source_dumps(cfg: Config, tcfg: TrainingConfig, fold: int, tasks: tuple[str, ...]) -> list:
@@ -49,33 +49,54 @@ def source_dumps(cfg: Config, tcfg: TrainingConfig, fold: int, tasks: tuple[str,
             for t in tasks for k in source_folds(cfg, tcfg, fold)]
 
 
-def confidence(task: str, df: pd.DataFrame) -> np.ndarray:
-    """How sure the source is of each question (see the module docstring), 0..1."""
-    if task == ELEMENT:
-        p = df["p_1"].to_numpy(float) / (df["p_0"].to_numpy(float) + df["p_1"].to_numpy(float))
-        return np.abs(2 * p - 1)
+def source_adapters(cfg: Config, tcfg: TrainingConfig, fold: int, tasks: tuple[str, ...]) -> list:
+    """The source's trained adapter weights whose test predictions label fold ``fold`` (what a
+    pseudo-label model depends on: retraining them makes it stale, rescoring them does not)."""
+    source = cfg.model(tcfg.pseudo_labels)
+    groups = [g for g, ts in task_groups(source.training_config(cfg.training).task_mode).items()
+              if set(ts) & set(tasks)]
+    return [model_dir(cfg, source.name, g, k) / "adapter_model.safetensors"
+            for g in groups for k in source_folds(cfg, tcfg, fold)]
+
+
+def level_spread(task: str, df: pd.DataFrame) -> np.ndarray:
+    """Per question, the standard deviation of the predicted distribution over the levels."""
     cols = prob_columns(df, task)
     probs = df[cols].to_numpy(float)
     probs = probs / probs.sum(1, keepdims=True)
     values = np.array([level_value(c) for c in cols])
     mean = probs @ values
-    sd = np.sqrt(np.clip(probs @ values ** 2 - mean ** 2, 0, None))
-    return 1 - sd / 2
+    return np.sqrt(np.clip(probs @ values ** 2 - mean ** 2, 0, None))
 
 
-def _predictions(files: list, task: str) -> pd.DataFrame:
-    """The mean over ``files`` (one task's test dumps) of ``pred`` and the level probabilities."""
+def confidence(task: str, df: pd.DataFrame) -> np.ndarray:
+    """How sure the source is of each question (see the module docstring), 0..1."""
+    if task == ELEMENT:
+        return np.abs(2 * _p1(df) - 1)
+    return 1 - level_spread(task, df) / 2
+
+
+def _p1(df: pd.DataFrame) -> np.ndarray:
+    return df["p_1"].to_numpy(float) / (df["p_0"].to_numpy(float) + df["p_1"].to_numpy(float))
+
+
+def _predictions(files: list, task: str, expected: pd.DataFrame) -> pd.DataFrame:
+    """The mean over ``files`` (one task's test dumps, each checked to hold exactly the test
+    questions ``expected`` with finite values) of ``pred`` and the level probabilities."""
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise InputError(f"pseudo-labels need the source model's test dumps; missing: {missing} "
                          "(stage 03 writes them before it trains a pseudo-label model)")
-    parts = [read_dump(f) for f in files]
-    cols = ["pred"] + prob_columns(parts[0], task)
-    for f, p in zip(files, parts):
-        if p[KEYS].duplicated().any():
-            raise InputError(f"{f}: a question appears twice (img_path, task, element_key)")
-    both = pd.concat(parts, ignore_index=True)
-    return both.groupby(KEYS, sort=False)[cols].mean().reset_index()
+    parts = []
+    for f in files:
+        part = read_dump(f)
+        check_dump(part, expected, task, str(f))
+        cols = ["pred"] + prob_columns(part, task)
+        bad = [c for c in cols if not np.isfinite(part[c].to_numpy(float)).all()]
+        if bad:
+            raise DumpError(f"{f}: non-finite values in column(s) {bad}")
+        parts.append(part[KEYS + cols])
+    return pd.concat(parts, ignore_index=True).groupby(KEYS, sort=False).mean().reset_index()
 
 
 def pseudo_questions(cfg: Config, tcfg: TrainingConfig, fold: int, tasks: tuple[str, ...]) -> pd.DataFrame:
@@ -86,26 +107,12 @@ def pseudo_questions(cfg: Config, tcfg: TrainingConfig, fold: int, tasks: tuple[
     for task in tasks:
         q = questions[questions["task"] == task].drop(columns=["target", "target_std"])
         files = source_dumps(cfg, tcfg, fold, (task,))
-        pred = _predictions(files, task)
-        merged = q.merge(pred, on=KEYS, how="left", validate="one_to_one")
-        unscored = merged["pred"].isna()
-        if unscored.any():
-            first = merged.loc[unscored].iloc[0]
-            raise InputError(f"{files[0]}: no prediction for {int(unscored.sum())} test question(s) of {task}, "
-                             f"e.g. img_path {first['img_path']!r} element_key {first['element_key']!r}")
-        conf = confidence(task, merged)
-        keep = conf >= tcfg.pseudo_threshold
-        if task == TOTAL:
-            cols = prob_columns(merged, task)
-            probs = merged[cols].to_numpy(float)
-            probs = probs / probs.sum(1, keepdims=True)
-            values = np.array([level_value(c) for c in cols])
-            std = np.sqrt(np.clip(probs @ values ** 2 - (probs @ values) ** 2, 0, None))
-        else:
-            std = np.zeros(len(merged))
+        merged = q.merge(_predictions(files, task, q), on=KEYS, how="left", validate="one_to_one")
+        keep = confidence(task, merged) >= tcfg.pseudo_threshold
+        std = level_spread(task, merged) if task == TOTAL else np.zeros(len(merged))
         part = q.assign(target=merged["pred"].to_numpy(float), target_std=std, weight=tcfg.pseudo_weight)
         out.append(part[keep])
         log.info("pseudo-labels %s fold %d %s: %d of %d test questions kept (confidence >= %.2f), from %s",
                  tcfg.pseudo_labels, fold, task, int(keep.sum()), len(keep), tcfg.pseudo_threshold,
-                 ", ".join(f.name for f in files))
+                 ", ".join(str(f) for f in files))
     return pd.concat(out, ignore_index=True) if out else questions.iloc[:0]

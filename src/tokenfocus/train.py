@@ -46,9 +46,11 @@ def made_with(cfg: Config, tcfg: TrainingConfig, fold: int | None = None) -> dic
     settings = {f"training.{k}": v for k, v in asdict(tcfg).items() if k not in NON_RESULT_SETTINGS}
     made = {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
     if tcfg.pseudo_labels is not None and fold is not None:
-        made["pseudo-label dumps sha256"] = {
+        # The source adapters, not their dumps' bytes: rescoring an unchanged source (stage 04
+        # --force, another machine) keeps this model; retraining the source does not.
+        made["pseudo-label source sha256"] = {
             str(f.relative_to(cfg.exp_dir)): file_sha256(f) if f.is_file() else None
-            for f in pseudo.source_dumps(cfg, tcfg, fold, (TOTAL, ELEMENT))}
+            for f in pseudo.source_adapters(cfg, tcfg, fold, (TOTAL, ELEMENT))}
     return made
 
 
@@ -69,12 +71,20 @@ def skip_trained(cfg: Config, model: str, group: str, fold: int, force: bool,
     return True
 
 
+# Training settings added after adapters were first recorded, each with the value under which
+# training is what it was before the setting existed (an option that is off).
+ADDED_SETTINGS = {
+    "training.total_levels": 5, "training.augment": False, "training.augment_brightness": 0.15,
+    "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
+    "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
+    "training.pseudo_folds": "unseen",
+}
+
+
 def _as_recorded(made: dict, now: dict) -> dict:
-    """``now`` without the training settings an older adapter's record lacks while they are at their
-    defaults: options added since (augmentation, finer levels, pseudo-labels) that are off train
-    exactly as before, so the adapter is kept."""
-    defaults = {f"training.{k}": v for k, v in asdict(TrainingConfig()).items()}
-    return {k: v for k, v in now.items() if k in made or k not in defaults or v != defaults[k]}
+    """``now`` without the ``ADDED_SETTINGS`` an older adapter's record lacks while they hold their
+    inert values, so that an adapter trained before an option existed is kept while it is off."""
+    return {k: v for k, v in now.items() if k in made or k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
 
 
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,

@@ -9,6 +9,7 @@ import pandas as pd
 from ..config import Config, ConfigError
 from ..experiment import load_folds, load_split, model_dir, model_folds
 from ..infer import infer_model, model_dumps_done
+from ..dumps import dump_path
 from ..parallel import process_state, run_units
 from ..pseudo import source_folds
 from ..questions import task_groups
@@ -64,14 +65,28 @@ def _fold_units(cfg: Config, models, group: str | None, fold: int | None):
 def _source_dumps(cfg: Config, units, jobs) -> None:
     """The test dumps the pseudo-label units ((training config, fold) pairs) learn from: the
     source models' folds, scored side by side where their dumps are missing."""
-    need = sorted({(tcfg.pseudo_labels, k) for tcfg, fold in units for k in source_folds(cfg, tcfg, fold)})
-    need = [(m, k) for m, k in need if not model_dumps_done(cfg, m, [k])]
+    if not units:
+        return
+    pairs = sorted({(tcfg.pseudo_labels, k) for tcfg, fold in units for k in source_folds(cfg, tcfg, fold)})
+    # Missing dumps, or dumps older than the adapter they come from (a source retrained since,
+    # e.g. by --force): scored again.
+    need = [(m, k) for m, k in pairs if not model_dumps_done(cfg, m, [k]) or _stale_dumps(cfg, m, k)]
     # Under accelerate launch the processes share the units out, then wait for each other's dumps.
     state = process_state()
-    state.wait_for_everyone()   # every process has listed the same missing dumps
-    run_units([(infer_model, (cfg, cfg.model(m), False, k)) for m, k in need], jobs,
+    state.wait_for_everyone()   # every process has listed the same dumps
+    run_units([(infer_model, (cfg, cfg.model(m), True, k)) for m, k in need], jobs,
               desc="score for pseudo-labels", names=[f"{m}/fold{k}" for m, k in need], distribute=True)
     state.wait_for_everyone()
+
+
+def _stale_dumps(cfg: Config, model: str, fold: int) -> bool:
+    """Whether a test dump of ``model``'s fold is older than one of that fold's adapters."""
+    mcfg = cfg.model(model)
+    groups = task_groups(mcfg.training_config(cfg.training).task_mode)
+    trained = [model_dir(cfg, model, g, fold) / "train_done.json" for g in groups]
+    dumps = [dump_path(cfg.exp_dir / "preds", model, t, "test", fold) for ts in groups.values() for t in ts]
+    newest = max((p.stat().st_mtime for p in trained if p.is_file()), default=0.0)
+    return any(d.stat().st_mtime < newest for d in dumps if d.is_file())
 
 
 def _last_metrics(out: Path) -> dict:
