@@ -80,7 +80,7 @@ def check_dump(df: pd.DataFrame, expected: pd.DataFrame, task: str, where: str) 
     missing_cols = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing_cols:
         raise DumpError(f"{where}: missing column(s) {missing_cols}")
-    _check_prob_columns(df, task, where)
+    probs = _check_prob_columns(df, task, where)
     key = ["img_path", "element_key"]
     if df.duplicated(key).any():
         dup = df[df.duplicated(key)].iloc[0]
@@ -93,6 +93,9 @@ def check_dump(df: pd.DataFrame, expected: pd.DataFrame, task: str, where: str) 
                         f"(e.g. {next(iter(lack), None)}), {len(extra)} extra (e.g. {next(iter(extra), None)})")
     if not np.isfinite(df["pred"].to_numpy(dtype=float)).all():
         raise DumpError(f"{where}: non-finite predictions")
+    bad = [c for c in probs if not np.isfinite(df[c].to_numpy(dtype=float)).all()]
+    if bad:
+        raise DumpError(f"{where}: non-finite values in column(s) {bad}")
     _check_kind(df, where)
 
 

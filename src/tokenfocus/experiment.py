@@ -23,7 +23,7 @@ SETTINGS_RECORD = "settings.json"
 
 
 def model_folds(cfg: Config, mcfg: ModelConfig) -> list[int]:
-    return list(mcfg.folds) if mcfg.folds is not None else list(range(cfg.folds.n_folds))
+    return mcfg.fold_list(cfg.folds.n_folds)
 
 
 def model_dir(cfg: Config, model: str, group: str, fold: int) -> Path:

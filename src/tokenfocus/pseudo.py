@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, TrainingConfig
-from .dumps import DumpError, check_dump, dump_path, level_value, prob_columns, read_dump
+from .dumps import check_dump, dump_path, level_value, prob_columns, read_dump
 from .errors import InputError
 from .experiment import load_split, model_dir, model_folds
 from .questions import ELEMENT, TOTAL, question_frame, task_groups
@@ -81,8 +81,9 @@ def _p1(df: pd.DataFrame) -> np.ndarray:
 
 
 def _predictions(files: list, task: str, expected: pd.DataFrame) -> pd.DataFrame:
-    """The mean over ``files`` (one task's test dumps, each checked to hold exactly the test
-    questions ``expected`` with finite values) of ``pred`` and the level probabilities."""
+    """The mean over ``files`` (one task's test dumps, each checked by ``dumps.check_dump`` to hold
+    exactly the test questions ``expected`` with finite values) of ``pred`` and the level
+    probabilities."""
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise InputError(f"pseudo-labels need the source model's test dumps; missing: {missing} "
@@ -91,11 +92,7 @@ def _predictions(files: list, task: str, expected: pd.DataFrame) -> pd.DataFrame
     for f in files:
         part = read_dump(f)
         check_dump(part, expected, task, str(f))
-        cols = ["pred"] + prob_columns(part, task)
-        bad = [c for c in cols if not np.isfinite(part[c].to_numpy(float)).all()]
-        if bad:
-            raise DumpError(f"{f}: non-finite values in column(s) {bad}")
-        parts.append(part[KEYS + cols])
+        parts.append(part[KEYS + ["pred"] + prob_columns(part, task)])
     return pd.concat(parts, ignore_index=True).groupby(KEYS, sort=False).mean().reset_index()
 
 

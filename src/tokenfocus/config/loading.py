@@ -171,8 +171,7 @@ def _check_pseudo_labels(cfg: Config, m, t, where: str) -> None:
         raise ConfigError(f"{key}pseudo_weight: {t.pseudo_weight!r} must be positive")
     if not 0.0 <= t.pseudo_threshold < 1.0:
         raise ConfigError(f"{key}pseudo_threshold: {t.pseudo_threshold!r} outside [0, 1)")
-    mine = set(m.folds if m.folds is not None else range(cfg.folds.n_folds))
-    theirs = set(src.folds if src.folds is not None else range(cfg.folds.n_folds))
+    mine, theirs = set(m.fold_list(cfg.folds.n_folds)), set(src.fold_list(cfg.folds.n_folds))
     if t.pseudo_folds == "unseen" and not mine <= theirs:
         raise ConfigError(f"{key}pseudo_labels: folds {sorted(mine - theirs)} are not trained by {src.name!r} "
                           "(pseudo_folds 'unseen' labels fold k with the source's fold-k model)")

@@ -160,6 +160,10 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)   # per-model overrides of `training`
     folds: Optional[list[int]] = None   # train and score only these folds (ablations); None: all
 
+    def fold_list(self, n_folds: int) -> list[int]:
+        """The folds this model trains and scores: its ``folds``, or all ``n_folds``."""
+        return list(self.folds) if self.folds is not None else list(range(n_folds))
+
     def training_config(self, base: "TrainingConfig", where: str = "") -> "TrainingConfig":
         merged = {**dataclasses.asdict(base), **self.training}
         return build(TrainingConfig, merged, f"{where}models[{self.name}].training")
