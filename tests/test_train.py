@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from tokenfocus import stages
+from tokenfocus.prompts import question_templates
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.train import fold_questions, is_trained, model_dir, train_fold
 
@@ -215,6 +216,27 @@ def test_adapter_recorded_before_an_option_existed_is_kept_while_the_option_is_o
         shifted = mcfg.__class__(**{**mcfg.__dict__, "training": {**mcfg.training, "augment_shift": 0.1}})
         with pytest.raises(ConfigError, match=r"training\.augment_shift: None then, 0\.1 now"):
             train_fold(cfg, shifted, "mixed", 0, tr, ev)
+    finally:
+        card_path.write_text(original)
+
+
+def test_adapter_trained_on_another_question_wording_is_not_reused(cfg):
+    """The scoring questions' templates are recorded with the adapter; one recorded before they
+    were (when the total question still repeated the prompt) or with other words stops the run."""
+    mcfg, tr, ev, out, before = _trained_fold0(cfg)
+    card_path = out / "train_done.json"
+    original = card_path.read_text()
+    try:
+        card = json.loads(original)
+        assert card["made_with"]["question templates"] == question_templates()
+        del card["made_with"]["question templates"]
+        card_path.write_text(json.dumps(card))
+        with pytest.raises(ConfigError, match=r"question templates: None then"):
+            train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+        card["made_with"]["question templates"] = {**question_templates(), "total": "Rate it."}
+        card_path.write_text(json.dumps(card))
+        with pytest.raises(ConfigError, match=r"question templates: .*'Rate it\.'.* then"):
+            train_fold(cfg, mcfg, "mixed", 0, tr, ev)
     finally:
         card_path.write_text(original)
 

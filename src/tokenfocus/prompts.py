@@ -4,8 +4,10 @@ Every question states a strictly controlled answer format so that the model's
 first answer token is one of the label tokens: '1'..'5' for the overall score and
 '1' (present) / '0' (absent) for an element. The shared part (the T2I prompt and
 the optional structural information) comes first, the task-specific part last: the
-answer format, then the caption question ``Does the image show "<text>"?`` about the
-whole prompt (total) or the element's text (element).
+answer format, and for an element then the caption question ``Does the image show
+"<text>"?`` about the element's text. The total question does not repeat the prompt (its
+instruction asks about "the text prompt" above it): one copy of the prompt, in the part every
+question of an image shares, is what lets packed training and scoring run it once per image.
 
 Structural information (T2I model name, prompt type and the prompt-evaluation
 fields) is optional field by field: the final test hides the model name and the
@@ -115,8 +117,17 @@ def _context(prompt: str, info: Mapping[str, Any] | None) -> str:
 def total_question(prompt: str, info: Mapping[str, Any] | None = None,
                    labels: tuple[str, ...] = TOTAL_LABELS) -> str:
     """The overall-alignment question; the answer is one of ``labels`` (see ``total_levels``).
-    It ends with the caption question about the whole prompt (see ``element_question``)."""
-    return f"{_context(prompt, info)}\n{total_instruction(labels)}\n{vqascore_question(prompt)}"
+
+    Only its instruction follows the shared context. Until this layout the question also ended
+    with the caption question about the whole prompt, a second copy of it that every total
+    question ran on its own (83 of a packed image's ~530 tokens on the scoring benchmark)."""
+    return f"{_context(prompt, info)}\n{total_instruction(labels)}"
+
+
+def question_templates() -> dict[str, str]:
+    """The scoring questions with placeholders: what an adapter was trained to read (recorded with
+    it, so that an adapter trained on another wording is not reused silently)."""
+    return {"total": total_question("<prompt>"), "element": element_question("<prompt>", "<element>", "<category>")}
 
 
 def element_question(

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import loss as tf_loss
-from . import pseudo
+from . import prompts, pseudo
 from .config import Config, ConfigError, ModelConfig, TrainingConfig, settings_diff
 from .data import read_json
 from .io import atomic_dir, file_sha256, write_json
@@ -44,7 +44,8 @@ def made_with(cfg: Config, tcfg: TrainingConfig, fold: int | None = None) -> dic
     """What an adapter's result depends on besides its base: the training settings, the folds, and
     for a pseudo-label model of ``fold`` the source's test dumps it learns from."""
     settings = {f"training.{k}": v for k, v in asdict(tcfg).items() if k not in NON_RESULT_SETTINGS}
-    made = {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None}
+    made = {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None,
+            "question templates": prompts.question_templates()}
     if tcfg.pseudo_labels is not None and fold is not None:
         # The source adapters, not their dumps' bytes: rescoring an unchanged source (stage 04
         # --force, another machine) keeps this model; retraining the source does not.
@@ -78,6 +79,10 @@ ADDED_SETTINGS = {
     "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
     "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
     "training.pseudo_folds": "unseen",
+    # The wording before the templates were recorded (the total question repeated the prompt).
+    "question templates": {
+        "total": 'Text prompt: "<prompt>"\n' + prompts.TOTAL_INSTRUCTION + '\nDoes the image show "<prompt>"?',
+        "element": 'Text prompt: "<prompt>"\n' + prompts.ELEMENT_INSTRUCTION + '\nDoes the image show "<element>"? (<category>)'},
 }
 
 

@@ -129,6 +129,9 @@ def main(argv=None) -> None:
     ap.add_argument("--types", default=",".join(bases.QUESTION_TYPES), help="question types trained, comma-separated")
     ap.add_argument("--captions", type=int, default=0, help="caption answers per step")
     ap.add_argument("--checklists", type=int, default=0, help="checklist answers per step")
+    ap.add_argument("--text-hidden", type=int, default=bases.TEXT["hidden_size"],
+                    help="width of a fresh language model (its MLP 3x, its heads 32 wide)")
+    ap.add_argument("--text-layers", type=int, default=bases.TEXT["num_hidden_layers"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=25.0)
@@ -143,6 +146,12 @@ def main(argv=None) -> None:
     unknown = sorted(set(types) - set(bases.QUESTION_TYPES))
     if unknown:
         ap.error(f"--types: unknown {unknown}; known: {list(bases.QUESTION_TYPES)}")
+    if a.init is None and (a.text_hidden, a.text_layers) != (bases.TEXT["hidden_size"], bases.TEXT["num_hidden_layers"]):
+        bases.TEXT.update(hidden_size=a.text_hidden, intermediate_size=3 * a.text_hidden,
+                          num_hidden_layers=a.text_layers, num_attention_heads=a.text_hidden // 32,
+                          num_key_value_heads=max(1, a.text_hidden // 64),
+                          initializer_range=0.55 / a.text_hidden ** 0.5)
+        a.work = a.work / f"text{a.text_hidden}x{a.text_layers}"
     path = a.init or fresh_base(a.family, a.work / f"init_{a.family}", a.seed)
     adapter = load_adapter(a.family, str(path))
     oracle = Oracle(adapter)
