@@ -142,7 +142,9 @@ def test_fifteen_total_levels_train_and_score_through_the_same_path(cfg, tmp_pat
     mcfg, tr, ev = _questions(cfg)
     fine = mcfg.__class__(**{**mcfg.__dict__, "name": "qwen_l15", "training": {**mcfg.training, "total_levels": 15}})
     out = train_fold(cfg, fine, "mixed", 0, tr, ev)
-    assert json.loads((out / "train_done.json").read_text())["training"]["total_levels"] == 15
+    card = json.loads((out / "train_done.json").read_text())
+    assert card["training"]["total_levels"] == 15
+    assert "Rate from A (not at all) to O (perfectly)" in card["made_with"]["question templates"]["total"]
     tcfg = fine.training_config(cfg.training)
     adapter, model = load_trained(cfg, fine, out)
     collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)

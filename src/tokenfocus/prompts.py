@@ -120,14 +120,17 @@ def total_question(prompt: str, info: Mapping[str, Any] | None = None,
 
     Only its instruction follows the shared context. Until this layout the question also ended
     with the caption question about the whole prompt, a second copy of it that every total
-    question ran on its own (83 of a packed image's ~530 tokens on the scoring benchmark)."""
+    question ran on its own (about 48 of a packed image's ~530 tokens on the scoring benchmark)."""
     return f"{_context(prompt, info)}\n{total_instruction(labels)}"
 
 
-def question_templates() -> dict[str, str]:
-    """The scoring questions with placeholders: what an adapter was trained to read (recorded with
-    it, so that an adapter trained on another wording is not reused silently)."""
-    return {"total": total_question("<prompt>"), "element": element_question("<prompt>", "<element>", "<category>")}
+def question_templates(labels: tuple[str, ...] = TOTAL_LABELS) -> dict[str, str]:
+    """The scoring questions with placeholders (every structural field included), the total's
+    answer tokens ``labels``: what an adapter was trained to read, recorded with it so that an
+    adapter trained on another wording is not reused silently."""
+    info = {field: f"<{field}>" for field in STRUCTURAL_FIELDS}
+    return {"total": total_question("<prompt>", info, labels),
+            "element": element_question("<prompt>", "<element>", "<category>", info)}
 
 
 def element_question(

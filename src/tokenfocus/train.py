@@ -45,7 +45,7 @@ def made_with(cfg: Config, tcfg: TrainingConfig, fold: int | None = None) -> dic
     for a pseudo-label model of ``fold`` the source's test dumps it learns from."""
     settings = {f"training.{k}": v for k, v in asdict(tcfg).items() if k not in NON_RESULT_SETTINGS}
     made = {**settings, "folds.csv sha256": file_sha256(cfg.folds_path) if cfg.folds_path.is_file() else None,
-            "question templates": prompts.question_templates()}
+            "question templates": prompts.question_templates(label_set_of(tcfg.total_levels).total_tokens)}
     if tcfg.pseudo_labels is not None and fold is not None:
         # The source adapters, not their dumps' bytes: rescoring an unchanged source (stage 04
         # --force, another machine) keeps this model; retraining the source does not.
@@ -79,10 +79,17 @@ ADDED_SETTINGS = {
     "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
     "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
     "training.pseudo_folds": "unseen",
-    # The wording before the templates were recorded (the total question repeated the prompt).
+    # The wording before the templates were recorded (the total question repeated the prompt),
+    # frozen as it was: adapters without a record were trained on it.
     "question templates": {
-        "total": 'Text prompt: "<prompt>"\n' + prompts.TOTAL_INSTRUCTION + '\nDoes the image show "<prompt>"?',
-        "element": 'Text prompt: "<prompt>"\n' + prompts.ELEMENT_INSTRUCTION + '\nDoes the image show "<element>"? (<category>)'},
+        "total": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
+                 '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
+                 '<attribute_confidence>\nHow well does the image match the text prompt? Rate from 1 (not at all) '
+                 'to 5 (perfectly). Answer with one digit.\nDoes the image show "<prompt>"?',
+        "element": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
+                   '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
+                   '<attribute_confidence>\nIs this element shown correctly in the image? Answer 1 if present or 0 '
+                   'if absent, with one digit.\nDoes the image show "<element>"? (<category>)'},
 }
 
 
