@@ -23,8 +23,8 @@ def test_total_question_with_all_fields():
     assert 'Text prompt: "A red circle in the desert."' in q
     assert "generator SDXL-Turbo" in q and "prompt type real" in q
     assert "meaningless 0" in q and "split confidence 4.3" in q and "attribute confidence 5" in q
-    # The answer format last; the prompt appears once, in the part every question shares.
-    assert q.endswith(f"\n{TOTAL_INSTRUCTION}") and q.count("A red circle in the desert.") == 1
+    # The answer format, then the caption question about the whole prompt, read last.
+    assert q.endswith(f'{TOTAL_INSTRUCTION}\nDoes the image show "A red circle in the desert."?')
     assert all(d in TOTAL_INSTRUCTION for d in ("1", "5"))
 
 

@@ -79,8 +79,8 @@ ADDED_SETTINGS = {
     "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
     "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
     "training.pseudo_folds": "unseen",
-    # The wording before the templates were recorded (the total question repeated the prompt),
-    # frozen as it was: adapters without a record were trained on it.
+    # The wording when the templates began to be recorded, frozen as it was: adapters without a
+    # record were trained on it (and are kept while the questions still read so).
     "question templates": {
         "total": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
                  '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
