@@ -118,9 +118,10 @@ def total_question(prompt: str, info: Mapping[str, Any] | None = None,
 
     It ends with the caption question about the whole prompt (see ``element_question``), a
     second copy of the prompt that packed scoring runs in the total question's own segment.
-    Measured without it (commits 0a08f9e-3ec019e, a fresh-clone demo run): the scoring benchmark's packed ratio
-    4.67x, within its run-to-run noise (4.36-5.09x with it), while the fine-tuned tiny InternVL
-    fell from 0.4295 to 0.3829 OOF Final (test total SRCC 0.135 -> 0.010); so it stays."""
+    Measured without it (commits 0a08f9e-3ec019e, a fresh-clone demo run): the scoring
+    benchmark's packed ratio 4.67x, within its run-to-run noise (4.36-5.09x with it), while the
+    fine-tuned tiny InternVL fell from 0.4295 to 0.3829 OOF Final (test total SRCC 0.135 ->
+    0.010); so it stays."""
     return f"{_context(prompt, info)}\n{total_instruction(labels)}\n{vqascore_question(prompt)}"
 
 

@@ -176,9 +176,10 @@ def main(argv=None) -> None:
     if a.text_hidden % 32:
         ap.error(f"--text-hidden {a.text_hidden}: a multiple of 32 (heads are 32 wide)")
     if a.init is None and (a.text_hidden, a.text_layers) != (bases.TEXT["hidden_size"], bases.TEXT["num_hidden_layers"]):
+        heads = a.text_hidden // 32
         bases.TEXT.update(hidden_size=a.text_hidden, intermediate_size=3 * a.text_hidden,
-                          num_hidden_layers=a.text_layers, num_attention_heads=a.text_hidden // 32,
-                          num_key_value_heads=max(1, a.text_hidden // 64) if a.text_hidden % 64 == 0 else a.text_hidden // 32,
+                          num_hidden_layers=a.text_layers, num_attention_heads=heads,
+                          num_key_value_heads=heads // 2 if heads % 2 == 0 else heads,
                           initializer_range=0.55 / a.text_hidden ** 0.5)
         a.work = a.work / f"text{a.text_hidden}x{a.text_layers}"
     path = a.init or fresh_base(a.family, a.work / f"init_{a.family}", a.seed)
