@@ -130,6 +130,31 @@ def test_resume_with_augmentation_ends_at_the_same_weights(cfg, tmp_path):
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
 
 
+def test_scoring_refuses_an_adapter_trained_on_other_questions(cfg, tmp_path):
+    """Stage 04 and score.py load fold adapters through load_trained: one whose record names
+    another wording is refused before anything is loaded, naming the adapter and the question."""
+    from tokenfocus.models import check_adapter_questions, load_trained
+    from tokenfocus.prompts import FIRST_RECORDED_TEMPLATES
+
+    mcfg = cfg.model("qwen")
+    now = question_templates()
+    adir = tmp_path / "fold0"
+    adir.mkdir()
+    other = {**now, "element": now["element"].replace("Answer 1 if present", "Say 1 if present")}
+    (adir / "train_done.json").write_text(json.dumps({"made_with": {"question templates": other}}))
+    with pytest.raises(ConfigError, match=r"fold0: trained on other element question wording"):
+        load_trained(cfg, mcfg, adir)
+    (adir / "train_done.json").write_text(json.dumps({"made_with": {"question templates": now}}))
+    check_adapter_questions(cfg, mcfg, adir)
+    # An adapter recorded before the templates were: trained on the first recorded wording.
+    (adir / "train_done.json").write_text(json.dumps({"made_with": {"training.lr": 1e-3}}))
+    if FIRST_RECORDED_TEMPLATES == now:
+        check_adapter_questions(cfg, mcfg, adir)
+    else:
+        with pytest.raises(ConfigError, match="question wording"):
+            check_adapter_questions(cfg, mcfg, adir)
+
+
 def test_fifteen_total_levels_train_and_score_through_the_same_path(cfg, tmp_path):
     """training.total_levels: 15 (A..O mapped onto 1..5): the same packed training and scoring
     code, one p_<level> column per level in the dumps, the expected value in 1..5."""

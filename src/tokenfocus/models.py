@@ -70,6 +70,30 @@ def load_model_adapter(cfg: Config, mcfg: ModelConfig, qlora: bool | None = None
     return adapter
 
 
+def check_adapter_questions(cfg: Config, mcfg: ModelConfig, adapter_dir: Path) -> None:
+    """Refuse to score with a fold adapter trained on other questions than the config asks now
+    (another wording or number of total levels, from its ``train_done.json`` record): its label
+    logits would be read off questions it never learned to answer."""
+    from .config import ConfigError
+    from .data import read_json
+    from .prompts import FIRST_RECORDED_TEMPLATES, question_templates
+    from .questions import label_set_of
+
+    done = Path(adapter_dir) / "train_done.json"
+    if not done.is_file():
+        return
+    made = read_json(done).get("made_with")
+    if made is None:   # published before adapters recorded what they were made with
+        return
+    recorded = made.get("question templates", FIRST_RECORDED_TEMPLATES)
+    now = question_templates(label_set_of(mcfg.training_config(cfg.training).total_levels).total_tokens)
+    changed = [task for task in now if recorded.get(task) != now[task]]
+    if changed:
+        raise ConfigError(f"{adapter_dir}: trained on other {' and '.join(changed)} question wording than "
+                          f"{cfg.source} asks now (train_done.json, made_with['question templates']); "
+                          "retrain it (stage 03 --force) or restore the wording")
+
+
 def load_trained(cfg: Config, mcfg: ModelConfig, adapter_dir: Path, adapter=None, merge: bool = True):
     """Base adapter + the fold's LoRA (and fully trained vision weights) in eval mode.
 
@@ -80,6 +104,7 @@ def load_trained(cfg: Config, mcfg: ModelConfig, adapter_dir: Path, adapter=None
     """
     from peft import PeftModel
 
+    check_adapter_questions(cfg, mcfg, adapter_dir)
     adapter = adapter or load_model_adapter(cfg, mcfg)
     model = PeftModel.from_pretrained(adapter.model, str(adapter_dir)).eval()
     if merge and not getattr(adapter.model, "is_quantized", False):

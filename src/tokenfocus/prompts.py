@@ -125,6 +125,19 @@ def total_question(prompt: str, info: Mapping[str, Any] | None = None,
     return f"{_context(prompt, info)}\n{total_instruction(labels)}\n{vqascore_question(prompt)}"
 
 
+# The wording when the templates began to be recorded, frozen as it was: adapters without a
+# record were trained on it (and are kept while the questions still read so).
+FIRST_RECORDED_TEMPLATES = {
+    "total": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
+             '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
+             '<attribute_confidence>\nHow well does the image match the text prompt? Rate from 1 (not at all) '
+             'to 5 (perfectly). Answer with one digit.\nDoes the image show "<prompt>"?',
+    "element": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
+               '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
+               '<attribute_confidence>\nIs this element shown correctly in the image? Answer 1 if present or 0 '
+               'if absent, with one digit.\nDoes the image show "<element>"? (<category>)'}
+
+
 def question_templates(labels: tuple[str, ...] = TOTAL_LABELS) -> dict[str, str]:
     """The scoring questions with placeholders (every structural field included), the total's
     answer tokens ``labels``: what an adapter was trained to read, recorded with it so that an

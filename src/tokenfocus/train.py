@@ -79,17 +79,8 @@ ADDED_SETTINGS = {
     "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
     "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
     "training.pseudo_folds": "unseen",
-    # The wording when the templates began to be recorded, frozen as it was: adapters without a
-    # record were trained on it (and are kept while the questions still read so).
-    "question templates": {
-        "total": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
-                 '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
-                 '<attribute_confidence>\nHow well does the image match the text prompt? Rate from 1 (not at all) '
-                 'to 5 (perfectly). Answer with one digit.\nDoes the image show "<prompt>"?',
-        "element": 'Text prompt: "<prompt>"\ninfo: generator <t2i_model>; prompt type <type>; meaningless '
-                   '<promt_meaningless>; split confidence <split_confidence>; attribute confidence '
-                   '<attribute_confidence>\nIs this element shown correctly in the image? Answer 1 if present or 0 '
-                   'if absent, with one digit.\nDoes the image show "<element>"? (<category>)'},
+    # The wording when the templates began to be recorded (adapters without a record used it).
+    "question templates": prompts.FIRST_RECORDED_TEMPLATES,
 }
 
 
