@@ -282,6 +282,23 @@ def test_render_order_follows_the_layout():
     assert red_x < blue_x
 
 
+def test_snap_puts_every_shape_on_the_patch_grid():
+    """render_scene(snap=8) (the vision probe's option): each shape's box (a circle fills it) has
+    its size and corners on multiples of 8 px; without it the layout is unchanged."""
+    for seed in range(6):
+        for count, size in ((1, "big"), (2, "medium"), (3, "small")):
+            scene = Scene("snow", [SceneObject("circle", "red", count, size)])
+            px = np.asarray(render_scene(scene, 112, np.random.default_rng(seed), snap=8)).astype(int)
+            red = (px[..., 0] > 180) & (px[..., 1] < 80) & (px[..., 2] < 80)
+            for axis in (0, 1):
+                covered = np.nonzero(red.any(axis=axis))[0]
+                starts = covered[np.r_[True, np.diff(covered) > 1]]
+                ends = covered[np.r_[np.diff(covered) > 1, True]] + 1
+                assert (starts % 8 == 0).all() and (ends % 8 == 0).all(), (seed, count, size, starts, ends)
+            plain = render_scene(scene, 112, np.random.default_rng(seed))
+            assert plain.tobytes() == render_scene(scene, 112, np.random.default_rng(seed), snap=0).tobytes()
+
+
 # --------------------------------------------------------------------------- generators, annotators
 
 def _error_rate(name: str, check, n: int = 400) -> float:

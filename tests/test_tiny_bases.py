@@ -1,6 +1,7 @@
 """The tiny demo bases: generic visual QA only, fresh scenes, dense cell targets, resumable."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tokenfocus.prompts import ELEMENT_INSTRUCTION, TOTAL_INSTRUCTION
 ROOT = Path(__file__).resolve().parents[1]
 # Question types the committed bases answer well above the majority rate on held-out scenes
 # (card.json). Shape presence, counting, texture and style are not among them: see the README.
-LEARNED = ("color", "color_shape", "color_of", "background", "caption")
+LEARNED = ("color", "color_shape", "color_of", "background", "caption", "word")
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def test_pretraining_asks_generic_questions_only(mtb):
             assert a in mtb.answer_set(qtype), (qtype, q, a)
             seen.add((qtype, a))
     # Yes/No types see both answers; counts 1-4 and captions whole and partial both occur.
-    for qtype in ("shape", "color", "color_shape", "relation", "texture", "style", "caption"):
+    for qtype in ("shape", "color", "color_shape", "relation", "texture", "style", "caption", "word"):
         assert {(qtype, "Yes"), (qtype, "No")} <= seen, qtype
     assert {a for t, a in seen if t == "count"} == {"1", "2", "3", "4"}
-    for name, steps, mix in mtb.PHASES:
+    for name, steps, mix in mtb.ALL_PHASES:
         assert steps > 0 and set(mix) <= set(mtb.QUESTION_TYPES), name
         assert not mix or sum(mix.values()) == pytest.approx(1.0), name
 
@@ -54,6 +55,41 @@ def test_captions_are_judged_by_the_drawn_scene(mtb):
         assert text and isinstance(ok, bool)
 
 
+def test_word_captions_ask_vqascore_questions_judged_by_the_drawn_scene(mtb):
+    """A bare-word caption is VQAScore's question about one word of a prompt, and its answer is
+    whether some drawn shape, group or the background has that word."""
+    from tokenfocus.demo import scene as S
+    from tokenfocus.prompts import vqascore_question
+
+    singular = {v: k for k, v in S.PLURAL.items()}
+    counts = {v: k for k, v in S.COUNT_WORDS.items()}
+    rng = np.random.default_rng(4)
+    kinds = set()
+    for _ in range(400):
+        scene = mtb.draw_item(rng)["drawn"]
+        q, a = mtb.word_caption(scene, rng)
+        word = q.split('"')[1]
+        assert q == vqascore_question(word)
+        objs = scene.objects
+        if word in S.SHAPES or word in singular:
+            kind, truth = "shape", any(o.shape == singular.get(word, word) for o in objs)
+        elif word in S.COLORS:
+            kind, truth = "color", any(S.shown_color(o) == word for o in objs)
+        elif word in S.TEXTURES:
+            kind, truth = "texture", any(o.texture == word for o in objs)
+        elif word in S.STYLES:
+            kind, truth = "style", scene.style == word
+        elif word in S.BACKGROUNDS:
+            kind, truth = "background", scene.background == word
+        elif word in S.SIZES:
+            kind, truth = "size", any(o.size == word for o in objs)
+        else:
+            kind, truth = "count", any(min(o.count, 4) == counts[word] for o in objs)
+        kinds.add((kind, truth))
+        assert a == ("Yes" if truth else "No"), (q, a, scene)
+    assert kinds == {(k, t) for k in mtb.WORD_KINDS for t in (True, False)}
+
+
 def test_cells_show_what_covers_them_and_instance_centres(mtb):
     scene = Scene("snow", [SceneObject("square", "red", 1, size="big"), SceneObject("star", "blue", 3)])
     _, words = mtb.render_with_regions(scene, 0)
@@ -62,6 +98,70 @@ def test_cells_show_what_covers_them_and_instance_centres(mtb):
     assert flat.count(mtb.CENTRE_WORD) == 4           # one square and three stars
     assert "red" in flat and "square" in flat and "blue" in flat and "star" in flat
     assert not any({"red", "blue"} <= set(cell) and "square" not in cell and "star" not in cell for cell in words)
+
+
+def test_scene_words_add_the_whole_scene_to_every_cell(mtb):
+    scene = Scene("snow", [SceneObject("square", "red", 1, size="big"), SceneObject("star", "blue", 1)])
+    _, words = mtb.render_with_regions(scene, 0)
+    item = {"words": words}
+
+    class Adapter:   # what DenseTargets reads from an adapter
+        tokenizer = mtb.train_tokenizer(mtb.build_corpus(0), "internvl")
+        model = type("M", (), {"get_output_embeddings": lambda self: None})()
+
+    plain, scene_t = mtb.DenseTargets(Adapter()).target([item]), mtb.DenseTargets(Adapter(), 0.5).target([item])
+    index = mtb.DenseTargets(Adapter()).index
+    red_cells = [k for k, cell in enumerate(words) if "red" in cell]
+    other = next(k for k, cell in enumerate(words) if "red" not in cell)
+    assert red_cells and (scene_t[0, red_cells, index["red"]] == 1).all()
+    assert plain[0, other, index["red"]] == 0 and scene_t[0, other, index["red"]] == 0.5
+    assert scene_t[0, other, index["heart"]] == 0 and scene_t[0, other, index["snow"]] == 1
+    assert torch.equal(torch.maximum(plain, scene_t), scene_t)
+
+
+def test_a_build_continues_from_its_last_finished_stage(mtb, tmp_path):
+    """A re-run loads the finished stage's saved weights and ends where an uninterrupted run ends
+    (the second stage starts a fresh optimiser, so the weights are all it carries over)."""
+    args = mtb.argparse.Namespace(phase_scale=1e-4, batch_size=2, lr=1e-3, eval_per_type=1, eval_scenes=2)
+    corpus = mtb.build_corpus(0)
+    torch.set_num_threads(1)
+    mtb.make_family("internvl", tmp_path / "a", 5, corpus, args)
+    whole = load_adapter("internvl", str(tmp_path / "a" / mtb.FAMILIES["internvl"])).model.state_dict()
+    shutil.copytree(tmp_path / "a" / ".work", tmp_path / "b" / ".work")
+    work = tmp_path / "b" / ".work" / "internvl"
+    for stage in mtb.STAGES[1:]:   # stopped before the second stage finished
+        shutil.rmtree(work / stage.name)
+        (work / f"state-{stage.name}.pt").unlink()
+    card = mtb.make_family("internvl", tmp_path / "b", 5, corpus, args)
+    again = load_adapter("internvl", str(tmp_path / "b" / mtb.FAMILIES["internvl"])).model.state_dict()
+    for k in whole:
+        torch.testing.assert_close(again[k], whole[k], atol=1e-6, rtol=1e-5)
+    assert [s["name"] for s in card["pretrain"]["stages"]] == [s.name for s in mtb.STAGES]
+    assert len(card["pretrain"]["after_phase"]) == len(mtb.ALL_PHASES)
+
+
+def test_a_published_base_gains_a_new_stage_without_redoing_its_own(mtb, tmp_path, monkeypatch):
+    """--from-published: a base built before the last stage existed continues from its published
+    weights and card, and ends where a build of every stage from the start ends."""
+    args = mtb.argparse.Namespace(phase_scale=1e-4, batch_size=2, lr=1e-3, eval_per_type=1, eval_scenes=2,
+                                  from_published=False)
+    corpus = mtb.build_corpus(0)
+    torch.set_num_threads(1)
+    name = mtb.FAMILIES["internvl"]
+    mtb.make_family("internvl", tmp_path / "whole", 5, corpus, args)
+    with monkeypatch.context() as m:
+        m.setattr(mtb, "STAGES", mtb.STAGES[:-1])
+        mtb.make_family("internvl", tmp_path / "old", 5, corpus, args)
+    shutil.copytree(tmp_path / "old" / name, tmp_path / "new" / name)   # what a checkout holds
+    args.from_published = True
+    card = mtb.make_family("internvl", tmp_path / "new", 5, corpus, args)
+    whole = load_adapter("internvl", str(tmp_path / "whole" / name)).model.state_dict()
+    again = load_adapter("internvl", str(tmp_path / "new" / name)).model.state_dict()
+    for k in whole:
+        torch.testing.assert_close(again[k], whole[k], atol=1e-6, rtol=1e-5)
+    assert [s["name"] for s in card["pretrain"]["stages"]] == [s.name for s in mtb.STAGES]
+    assert [p["name"] for p in card["pretrain"]["phases"]] == [n for n, _, _ in mtb.ALL_PHASES]
+    assert len(card["pretrain"]["after_phase"]) == len(mtb.ALL_PHASES)
 
 
 def test_pretraining_resumes_where_it_stopped(mtb, tmp_path):
@@ -97,7 +197,7 @@ def test_committed_cards_record_what_the_bases_learned(mtb):
         card = json.loads((ROOT / "input" / "pretrained" / folder / "card.json").read_text())
         assert card["parameters"]["total"] <= 10_000_000 and card["checkpoint_bytes"] <= 20 * 2 ** 20
         pre = card["pretrain"]
-        assert [(p["name"], p["steps"]) for p in pre["phases"]] == [(n, k) for n, k, _ in mtb.PHASES]
+        assert [(p["name"], p["steps"]) for p in pre["phases"]] == [(n, k) for n, k, _ in mtb.ALL_PHASES]
         final = pre["after_phase"][-1]["generic"]
         assert set(final) == set(mtb.QUESTION_TYPES) == set(pre["majority_baseline"])
         for qtype in LEARNED:

@@ -180,7 +180,7 @@ def _apply_style(im: Image.Image, style: str) -> Image.Image:
 
 
 def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None = None,
-                 aligned: bool = False) -> Image.Image:
+                 aligned: bool = False, snap: int = 0) -> Image.Image:
     """The scene as an RGB ``size`` x ``size`` image; ``rng`` jitters positions (default: fixed).
 
     ``aligned`` (an experimental layout, not the demo's): every shape inside one cell of an
@@ -204,6 +204,8 @@ def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None 
         cell = size / count
         px = int(min(SIZE_FRACTION[obj.size] * size, 0.9 * slot, 0.9 * cell))
         px = max(px, 6)
+        if snap:
+            px = max(2 * snap, px // snap * snap)
         rgb = object_rgb(obj)
         for k in range(count):
             variant = 1 + int(rng.integers(3)) if obj.distorted else 0
@@ -213,7 +215,10 @@ def render_scene(scene: Scene, size: int = 112, rng: np.random.Generator | None 
             if obj.partial and k == count - 1:
                 across = size + px * 0.15  # most of the last shape falls outside the frame
             cx, cy = (along, across) if scene.layout == "row" else (across, along)
-            im.paste(sprite, (int(round(cx - px / 2)), int(round(cy - px / 2))), sprite)
+            x0, y0 = int(round(cx - px / 2)), int(round(cy - px / 2))
+            if snap:
+                x0, y0 = (int(round(v / snap)) * snap for v in (x0, y0))
+            im.paste(sprite, (x0, y0), sprite)
     return _apply_style(im, scene.style)
 
 
