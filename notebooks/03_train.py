@@ -112,10 +112,12 @@ pd.DataFrame({name: {k: str(asdict(t)[k]) for k in keys} for name, t in columns.
 # image token's cell, the background, the style, where each shape's centre lies), then the whole
 # model on generic visual questions (is there a star, what colour is the heart, how many squares,
 # is the circle left of the star, what is the background, and `Does the image show "<text>"?` for
-# whole and partial captions), answered from the drawn scene's truth. Never the fine-tune's
-# scoring questions, never an annotator's label. Each base's `card.json` records held-out
-# accuracy per question type beside the majority rate, and the VQAScore zero-shot reading
-# (AUC per element kind, SRCC of the total) after each phase.
+# whole and partial captions), answered from the drawn scene's truth; a second stage with the
+# whole scene's words in every image token's target, a third drilling VQAScore's one-word question
+# (`Does the image show "red"?`). Never the fine-tune's scoring questions, never an annotator's
+# label. Each base's `card.json` records held-out accuracy per question type beside the majority
+# rate, and the VQAScore zero-shot reading (AUC per element kind, SRCC of the total) after each
+# phase.
 
 # %%
 rows = []
