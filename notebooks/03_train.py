@@ -333,7 +333,7 @@ for r in trained.itertuples():
     card = json.loads((model_dir(cfg, r.model, r.group, r.fold) / "train_done.json").read_text())
     cards.append({"model": r.model, "group": r.group, "fold": r.fold,
                   **{k: card.get(k) for k in ("train_questions", "eval_questions", "global_step",
-                                              "train_loss", "train_runtime_s")}})
+                                              "train_loss", "constant_loss", "train_runtime_s")}})
 if cards:
     display(pd.DataFrame(cards).set_index(["model", "group", "fold"]))
 
@@ -375,3 +375,51 @@ if not metrics.empty:
         ax.set_title(col.upper()), ax.set_xlabel("epoch")
     axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
+
+# %% [markdown]
+# ### Training loss against the constant answer
+#
+# `train_log.jsonl` beside each adapter holds the loss curve (one line per logging step, with the
+# language model's and the vision tower's learning rates). The dashed line is `constant_loss`
+# from `train_done.json`: the loss of the best answer that looks at neither the image nor the
+# question (each task's mean target). A curve that settles on its line has learnt the means and
+# nothing else.
+
+# %%
+from tokenfocus.trainlog import TRAIN_LOG, read_train_log
+
+pairs = sorted({(r.model, r.group) for r in trained.itertuples()})
+if pairs:
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.2), squeeze=False)
+    for ax, (model, group) in zip(axes[0], pairs):
+        flat = []
+        for r in trained[(trained["model"] == model) & (trained["group"] == group)].itertuples():
+            out = model_dir(cfg, r.model, r.group, r.fold)
+            curve = read_train_log(out / TRAIN_LOG)
+            if not curve.empty:
+                ax.plot(curve["step"], curve["loss"], marker=".", label=f"fold {r.fold}")
+            card = json.loads((out / "train_done.json").read_text())
+            if card.get("constant_loss") is not None:
+                flat.append(card["constant_loss"])
+        if flat:
+            ax.axhline(np.mean(flat), color="k", ls="--", lw=1, label="constant answer")
+        ax.set_title(f"{model} ({group})", fontsize=9), ax.set_xlabel("step")
+        ax.set_ylabel("training loss" if ax is axes[0][0] else "")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+
+# %% [markdown]
+# ### Fit check: training images against the held-out fold
+#
+# After every epoch stage 03 also scores `training.fit_check_images` images the fold trained on
+# (`train_*` in `metrics.jsonl`). Both low and close together: the model underfits (it has not
+# learnt what it was shown); training far above held-out: it memorises.
+
+# %%
+if not metrics.empty and "train_final" in metrics:
+    last = metrics.sort_values("epoch").groupby(["model", "group", "fold"]).tail(1)
+    fit = last[["model", "group", "fold", "srcc", "train_srcc", "acc", "train_acc", "final", "train_final"]]
+    display(fit.set_index(["model", "group", "fold"]).round(4))
+else:
+    print("no fit check in metrics.jsonl (adapters trained before it existed, or fit_check_images: 0)")
+

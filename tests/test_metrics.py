@@ -182,6 +182,13 @@ def test_score_frame_is_the_core_of_score():
                             for r, p in zip(truth, preds) for k, v in r["element_score"].items()],
                            columns=["img_path", "element_key", "target", "oof"])
     assert score_frame(total, element, pred_col="oof") == score(truth, preds)
+    # One question kind alone (a model trained with task_mode: separate): its own metrics, no Final.
+    both = score_frame(total, element, pred_col="oof")
+    only_total = score_frame(total, None, pred_col="oof")
+    assert only_total == {k: both[k] for k in ("srcc", "plcc", "plcc_conventional", "n_images")}
+    assert score_frame(None, element, pred_col="oof") == {k: both[k] for k in ("acc", "n_elements")}
+    with pytest.raises(ValueError, match="neither"):
+        score_frame(None, None)
 
 
 def test_score_frame_refuses_duplicates_and_nan():

@@ -15,6 +15,7 @@ from tokenfocus import stages
 from tokenfocus.prompts import question_templates
 from tokenfocus.config import ConfigError, load_config
 from tokenfocus.train import fold_questions, is_trained, model_dir, train_fold
+from tokenfocus.trainlog import TRAIN_LOG, read_train_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,17 +100,77 @@ def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
     reference = _weights(out)
     assert any("lora_" in k for k in reference) and any("visual" in k for k in reference)
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert {"srcc", "plcc", "acc", "final"} <= set(json.loads(lines[-1]))
+    # Held-out scores, and the same scores on a sample of the images it trained on (fit check).
+    assert {"srcc", "plcc", "acc", "final", "train_srcc", "train_acc", "train_final"} <= set(json.loads(lines[-1]))
+    assert json.loads(lines[-1])["train_n_images"] > 0
+    curve = read_train_log(out / TRAIN_LOG)
+    assert curve["step"].tolist() == [2, 4, 6]
+    # The language model's rate (1e-3 peak) and the vision tower's (1e-4 peak), told apart.
+    assert curve["lr"].max() == pytest.approx(1e-3) and curve["vision_lr"].max() == pytest.approx(1e-4)
+    np.testing.assert_allclose(curve["lr"], 10 * curve["vision_lr"], rtol=1e-6)
+    assert card["constant_loss"] > 0
 
     with pytest.raises(KeyboardInterrupt):
         train_fold(cfg, mcfg, "mixed", 0, tr, ev, force=True, callbacks=(Crash(),))
     assert not is_trained(out) and not out.exists()   # nothing half-published
     work = out.parent / ".work_fold0"
     assert (work / "checkpoint-4").is_dir()
-    resumed = _weights(train_fold(cfg, mcfg, "mixed", 0, tr, ev))
+    # A step the killed run logged after its last checkpoint is logged again on resume, once.
+    with open(work / TRAIN_LOG, "a") as f:
+        f.write(json.dumps({"step": 6, "epoch": 0.0, "loss": 999.0}) + "\n")
+    resumed_dir = train_fold(cfg, mcfg, "mixed", 0, tr, ev)
+    resumed = _weights(resumed_dir)
     assert resumed.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
+    again = read_train_log(resumed_dir / TRAIN_LOG)
+    assert again["step"].tolist() == [2, 4, 6]
+    np.testing.assert_allclose(again["loss"], curve["loss"], rtol=1e-4)
+
+
+def test_a_separate_question_group_trains_and_scores_its_own_kind(cfg):
+    """task_mode: separate: the total-only model's epoch-end scores are the total's (SRCC,
+    PLCC), with no Final; its constant answer is the mean total."""
+    train, folds = stages.load_split(cfg, "train"), stages.load_folds(cfg)
+    base = cfg.model("qwen")
+    mcfg = base.__class__(**{**base.__dict__, "name": "qwen_separate",
+                             "training": {**base.training, "task_mode": "separate"}})
+    tr, ev = fold_questions(cfg, train, folds, 0, ("total",), mcfg.training_config(cfg.training))
+    out = train_fold(cfg, mcfg, "total", 0, tr, ev)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"srcc", "plcc", "train_srcc"} <= set(last) and not {"acc", "final", "train_acc"} & set(last)
+    card = json.loads((out / "train_done.json").read_text())
+    expect = float(((tr["target"] - tr["target"].mean()) ** 2).mean()) / 16
+    assert card["constant_loss"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_constant_loss_is_the_best_answer_blind_to_the_inputs():
+    """The flat reference of the training log: each task's mean (mse) or mean label distribution
+    (soft_ce) through the training loss itself; any other constant answer does no better."""
+    import pandas as pd
+    from tokenfocus.questions import label_set_of
+    from tokenfocus.train import TASK_RANGE, constant_loss, token_focus_loss
+    from tokenfocus.questions import TASK_ID
+
+    rng = np.random.default_rng(0)
+    n_tot, n_el = 30, 70
+    q = pd.DataFrame({"task": ["total"] * n_tot + ["element"] * n_el,
+                      "target": np.r_[rng.uniform(1, 5, n_tot), rng.integers(0, 2, n_el) * 1.0],
+                      "target_std": np.r_[rng.uniform(0, 1, n_tot), np.zeros(n_el)]})
+    labels = label_set_of(5)
+    cols = {"total": torch.arange(5), "element": torch.arange(5, 7)}
+    mse = constant_loss(q, "mse", cols, labels.values)
+    expect = sum(((g.target - g.target.mean()) ** 2).sum() / TASK_RANGE[t] ** 2 for t, g in q.groupby("task")) / len(q)
+    assert mse == pytest.approx(expect, rel=1e-6)   # the loss works in float32
+    task = torch.tensor([TASK_ID[t] for t in q["task"]])
+    target = torch.tensor(q["target"].to_numpy())
+    std = torch.tensor(q["target_std"].to_numpy())
+    for kind in ("mse", "soft_ce"):
+        best = constant_loss(q, kind, cols, labels.values)
+        for _ in range(20):   # other constant answers, one per task
+            logits = torch.tensor(rng.normal(0, 2, 7))[None].expand(len(q), -1)
+            assert best <= float(token_focus_loss(logits, task, target, std, cols, kind, labels.values)) + 1e-6
+    assert constant_loss(q, "sft", cols, labels.values) is None
 
 
 

@@ -138,30 +138,34 @@ def _degenerate(t: np.ndarray, p: np.ndarray, name: str) -> bool:
 
 # --------------------------------------------------------------------------- full score
 
-def score_frame(total: pd.DataFrame, element: pd.DataFrame, *,
+def score_frame(total: pd.DataFrame | None, element: pd.DataFrame | None, *,
                 target_col: str = "target", pred_col: str = "pred") -> dict:
     """All challenge metrics from matched frames.
 
     `total`: one row per image (img_path, target, pred); `element`: one row per element
     (img_path, element_key, target, pred). Returns srcc, plcc (official), plcc_conventional, acc,
-    final, n_images, n_elements.
+    final, n_images, n_elements. Either frame may be None (a model trained on one question kind,
+    ``task_mode: separate``): then only its own metrics come back, and no Final.
     """
-    _check_frame(total, ["img_path"], target_col, pred_col, "total")
-    _check_frame(element, ["img_path", "element_key"], target_col, pred_col, "element")
-    # A fixed row order makes the logistic fit, and so the score, bit-identical for any input order.
-    total = total.sort_values("img_path", kind="stable")
-    t, p = total[target_col].to_numpy(float), total[pred_col].to_numpy(float)
-    s, pl = srcc(t, p), plcc(t, p, "official")
-    a = acc(element[target_col].to_numpy(float), element[pred_col].to_numpy(float))
-    return {
-        "srcc": s,
-        "plcc": pl,
-        "plcc_conventional": plcc(t, p, "conventional"),
-        "acc": a,
-        "final": final_score(s, pl, a),
-        "n_images": int(len(total)),
-        "n_elements": int(len(element)),
-    }
+    if total is None and element is None:
+        raise ValueError("score_frame: neither a total nor an element frame to score")
+    out = {}
+    if total is not None:
+        _check_frame(total, ["img_path"], target_col, pred_col, "total")
+        # A fixed row order makes the logistic fit, and so the score, bit-identical for any input order.
+        total = total.sort_values("img_path", kind="stable")
+        t, p = total[target_col].to_numpy(float), total[pred_col].to_numpy(float)
+        out.update(srcc=srcc(t, p), plcc=plcc(t, p, "official"), plcc_conventional=plcc(t, p, "conventional"))
+    if element is not None:
+        _check_frame(element, ["img_path", "element_key"], target_col, pred_col, "element")
+        out["acc"] = acc(element[target_col].to_numpy(float), element[pred_col].to_numpy(float))
+    if total is not None and element is not None:
+        out["final"] = final_score(out["srcc"], out["plcc"], out["acc"])
+    if total is not None:
+        out["n_images"] = int(len(total))
+    if element is not None:
+        out["n_elements"] = int(len(element))
+    return out
 
 
 def _check_frame(df: pd.DataFrame, id_cols: list[str], target_col: str, pred_col: str,

@@ -7,7 +7,6 @@ from the last checkpoint in the ``.work`` directory beside it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from .models import load_model_adapter
 from .packed import check_backend, packed_label_logits
 from .parallel import process_state
 from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, label_logit_table, label_set_of, question_frame
+from .trainlog import TRAIN_LOG, EpochEvalCallback, append_train_log, fit_sample, group_rates, trim_train_log
 
 log = logging.getLogger("tokenfocus")
 
@@ -37,7 +37,7 @@ TASK_RANGE = {TOTAL: 4.0, ELEMENT: 1.0}
 
 
 # Settings that do not change what training produces (an adapter made with others is kept).
-NON_RESULT_SETTINGS = ("eval_batch", "dataloader_workers", "save_steps")
+NON_RESULT_SETTINGS = ("eval_batch", "dataloader_workers", "save_steps", "fit_check_images")
 
 
 def made_with(cfg: Config, tcfg: TrainingConfig, fold: int | None = None) -> dict:
@@ -110,6 +110,36 @@ def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: tor
             per = tf_loss.soft_label_ce(logits, probs, reduction="none")
         total = total + (per.sum() if weight is None else (per * weight[rows].to(per.dtype)).sum())
     return total / len(task)
+
+
+def constant_loss(questions: pd.DataFrame, kind: str, cols: dict[str, torch.Tensor],
+                  values: dict = TASK_VALUES) -> float | None:
+    """The training loss of the best answer that looks at neither the image nor the question:
+    per task, the mean target (``mse``; a two-level distribution with that expectation) or the
+    mean label distribution (``soft_ce``), through ``token_focus_loss`` itself. A fine-tune whose
+    loss stays at this level has learnt each task's mean and nothing else. None for ``sft``."""
+    if kind not in ("mse", "soft_ce") or questions.empty:
+        return None
+    task = torch.tensor([TASK_ID[t] for t in questions["task"]])
+    target = torch.tensor(questions["target"].to_numpy(float), dtype=torch.float64)
+    std_col = questions["target_std"] if "target_std" in questions else pd.Series(0.0, index=questions.index)
+    std = torch.tensor(std_col.fillna(0.0).to_numpy(float), dtype=torch.float64)
+    weight = torch.tensor(questions["weight"].to_numpy(float)) if "weight" in questions else torch.ones(len(task))
+    width = 1 + max(int(c.max()) for c in cols.values())
+    logits = torch.zeros(len(task), width, dtype=torch.float64)
+    for name, tid in TASK_ID.items():
+        rows = task == tid
+        if not rows.any():
+            continue
+        w = weight[rows].to(torch.float64)
+        if kind == "mse":
+            mean = (target[rows] * w).sum() / w.sum()
+            probs = tf_loss.soft_label_targets(mean[None], 0.0, values[name])[0]
+        else:
+            each = tf_loss.soft_label_targets(target[rows], std[rows], values[name])
+            probs = (each * w[:, None]).sum(0) / w.sum()
+        logits[rows.nonzero()[:, :1], cols[name]] = probs.clamp_min(1e-12).log()
+    return float(token_focus_loss(logits, task, target, std, cols, kind, values, weight))
 
 
 def _trainer_class():
@@ -215,23 +245,6 @@ def _accumulation(tcfg: TrainingConfig, world: int) -> int:
     return max(1, round(tcfg.global_batch / per_step))
 
 
-class EpochEvalCallback:
-    """Scores the held-out fold after every epoch and appends a line to metrics.jsonl."""
-
-    def __init__(self, evaluate, path: Path):
-        self.evaluate, self.path = evaluate, path
-
-    def __call__(self, args, state, control, model=None, **kw):
-        if not state.is_world_process_zero:
-            return
-        metrics = self.evaluate(model)
-        line = {"epoch": round(state.epoch or 0, 3), "step": state.global_step, **metrics}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        log.info("epoch %.2f held-out: %s", line["epoch"],
-                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-
-
 def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: pd.DataFrame,
                eval_q: pd.DataFrame, force: bool = False, callbacks: tuple = ()) -> Path:
     """Fine-tune one (model, question group, fold); returns the adapter directory."""
@@ -288,7 +301,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
         save_strategy="steps",
         save_steps=tcfg.save_steps,
         save_total_limit=1,
-        logging_steps=max(1, min(50, tcfg.save_steps)),
+        logging_steps=max(1, min(10, tcfg.save_steps)),   # the loss curve's resolution (TRAIN_LOG)
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=tcfg.dataloader_workers,
@@ -297,10 +310,19 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
         ddp_find_unused_parameters=False,
     )
     eval_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
-    metrics_path = work / "metrics.jsonl"
+    metrics_path, log_path = work / "metrics.jsonl", work / TRAIN_LOG
+    fit_q = fit_sample(train_q, tcfg.fit_check_images, tcfg.seed + fold)
+    flat = constant_loss(train_q, tcfg.loss, label_cols, label_set.values)
+    if flat is not None:
+        log.info("train %s/%s/fold%d: a constant answer (each task's mean) has loss %.4f", mcfg.name, group,
+                 fold, flat)
 
     def evaluate(m):
-        return evaluate_questions(adapter, m, eval_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
+        held = evaluate_questions(adapter, m, eval_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
+        if fit_q.empty:
+            return held
+        fit = evaluate_questions(adapter, m, fit_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
+        return {**held, **{f"train_{k}": v for k, v in fit.items()}}
 
     train_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=True)
 
@@ -309,6 +331,16 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
 
         def on_epoch_begin(self, args, state, control, **kw):
             train_collator.epoch = int(state.epoch or 0)
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                trim_train_log(log_path, state.global_step)   # a resumed run logs its later steps again
+
+        def on_log(self, args, state, control, logs=None, optimizer=None, **kw):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                append_train_log(log_path, {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                                            "loss": logs["loss"], "grad_norm": logs.get("grad_norm"),
+                                            **group_rates(optimizer, tcfg)})
 
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset,
@@ -324,7 +356,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
         _publish(trainer, work, out, {"model": mcfg.name, "family": mcfg.family, "base": mcfg.path,
                                       "group": group, "fold": fold, "train_questions": len(train_q),
                                       "eval_questions": len(eval_q), "train_runtime_s": result.metrics.get("train_runtime"),
-                                      "train_loss": result.metrics.get("train_loss"),
+                                      "train_loss": result.metrics.get("train_loss"), "constant_loss": flat,
                                       "global_step": trainer.state.global_step, "processes": world, "training": asdict(tcfg),
                                       "made_with": made_with(cfg, tcfg, fold)})
     trainer.accelerator.wait_for_everyone()
@@ -336,9 +368,9 @@ def _publish(trainer, work: Path, out: Path, card: dict) -> None:
     every instant the old adapter or the new one is complete."""
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        metrics = work / "metrics.jsonl"
-        if metrics.is_file():
-            shutil.copy(metrics, tmp / "metrics.jsonl")
+        for name in ("metrics.jsonl", TRAIN_LOG):
+            if (work / name).is_file():
+                shutil.copy(work / name, tmp / name)
         write_json(tmp / "train_done.json", card)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -123,6 +123,9 @@ class TrainingConfig:
     qlora: bool = False                 # bitsandbytes 4-bit base (26B/38B)
     save_steps: int = 200
     eval_batch: int = 32
+    # Training images scored after every epoch beside the held-out fold (metrics.jsonl 'train_*'):
+    # a fine-tune that scores no better on what it trained on than on the held-out fold underfits.
+    fit_check_images: int = 100
     dataloader_workers: int = 0
     max_train_questions: Optional[int] = None   # subsample per fold (demo budget)
     # The total's answer levels (prompts.total_levels): 5 is the paper's 1-5; 9 half-steps or 15
