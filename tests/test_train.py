@@ -485,3 +485,29 @@ training: {{lora_r: 4, lora_alpha: 8, structural_drop_rate: 0.0, warmup_steps: 1
     stages.run_inference(two)
     for rel, df in shared.items():
         pd.testing.assert_frame_equal(pd.read_parquet(preds / rel), df, atol=1e-5)
+
+
+def test_total_weight_counts_each_total_question_that_many_times():
+    from tokenfocus.train import token_focus_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    task = torch.tensor([0, 1, 1, 0, 1])
+    target = torch.tensor([4.0, 1.0, 0.0, 2.0, 1.0])
+    std = torch.zeros(5)
+    cols = {"total": torch.arange(5), "element": torch.tensor([5, 6])}
+    for kind in ("mse", "soft_ce"):
+        plain = token_focus_loss(logits, task, target, std, cols, kind)
+        heavy = token_focus_loss(logits, task, target, std, cols, kind, total_weight=3.0)
+        totals = token_focus_loss(logits, task, target, std, cols, kind, weight=(task == 0).float())
+        torch.testing.assert_close(heavy, plain + 2 * totals)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.total_weight=0", r"training\.total_weight: 0(\.0)? must be positive"),
+    ("training.loss=sft", None),
+])
+def test_total_weight_config_is_checked(override, message):
+    overrides = [override] + (["training.total_weight=2"] if message is None else [])
+    with pytest.raises(ConfigError, match=message or "1 with loss 'sft'"):
+        load_config(REPO / "configs" / "demo.yaml", overrides=overrides)

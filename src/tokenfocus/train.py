@@ -78,7 +78,7 @@ ADDED_SETTINGS = {
     "training.total_levels": 5, "training.augment": False, "training.augment_brightness": 0.15,
     "training.augment_contrast": 0.15, "training.augment_blur": 0.005, "training.augment_shift": 0.06,
     "training.pseudo_labels": None, "training.pseudo_weight": 0.5, "training.pseudo_threshold": 0.0,
-    "training.pseudo_folds": "unseen",
+    "training.pseudo_folds": "unseen", "training.total_weight": 1.0,
     # The wording when the templates began to be recorded (adapters without a record used it).
     "question templates": prompts.FIRST_RECORDED_TEMPLATES,
 }
@@ -92,10 +92,12 @@ def _as_recorded(made: dict, now: dict) -> dict:
 
 def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: torch.Tensor,
                      std: torch.Tensor, cols: dict[str, torch.Tensor], kind: str,
-                     values: dict = TASK_VALUES, weight: torch.Tensor | None = None) -> torch.Tensor:
+                     values: dict = TASK_VALUES, weight: torch.Tensor | None = None,
+                     total_weight: float = 1.0) -> torch.Tensor:
     """Mean over the batch of the per-task token-focus losses (MSE on a 0..1 scale, or soft CE),
     each task's levels worth ``values`` (any number of levels), each question counted ``weight``
-    times (default 1; pseudo-labelled questions count ``pseudo_weight``)."""
+    times (default 1; pseudo-labelled questions count ``pseudo_weight``), a total question
+    ``total_weight`` times more (``training.total_weight``)."""
     total = label_logits.new_zeros(())
     for name, tid in TASK_ID.items():
         rows = task == tid
@@ -108,12 +110,14 @@ def token_focus_loss(label_logits: torch.Tensor, task: torch.Tensor, target: tor
         else:
             probs = tf_loss.soft_label_targets(target[rows], std[rows], values_t)
             per = tf_loss.soft_label_ce(logits, probs, reduction="none")
+        if name == TOTAL:
+            per = per * total_weight
         total = total + (per.sum() if weight is None else (per * weight[rows].to(per.dtype)).sum())
     return total / len(task)
 
 
 def constant_loss(questions: pd.DataFrame, kind: str, cols: dict[str, torch.Tensor],
-                  values: dict = TASK_VALUES) -> float | None:
+                  values: dict = TASK_VALUES, total_weight: float = 1.0) -> float | None:
     """The training loss of the best answer that looks at neither the image nor the question:
     per task, the mean target (``mse``; a two-level distribution with that expectation) or the
     mean label distribution (``soft_ce``), through ``token_focus_loss`` itself. A fine-tune whose
@@ -139,7 +143,7 @@ def constant_loss(questions: pd.DataFrame, kind: str, cols: dict[str, torch.Tens
             each = tf_loss.soft_label_targets(target[rows], std[rows], values[name])
             probs = (each * w[:, None]).sum(0) / w.sum()
         logits[rows.nonzero()[:, :1], cols[name]] = probs.clamp_min(1e-12).log()
-    return float(token_focus_loss(logits, task, target, std, cols, kind, values, weight))
+    return float(token_focus_loss(logits, task, target, std, cols, kind, values, weight, total_weight))
 
 
 def _trainer_class():
@@ -166,7 +170,7 @@ def _trainer_class():
                 label_logits = packed_label_logits if "segment_ids" in inputs else tf_loss.answer_label_logits
                 logits = label_logits(model, inputs, self.label_ids.to(task.device))
                 loss = token_focus_loss(logits, task, target, std, self.label_cols, self.tf_cfg.loss,
-                                        self.label_values, weight)
+                                        self.label_values, weight, self.tf_cfg.total_weight)
             return (loss, None) if return_outputs else loss
 
         def create_optimizer(self, model=None):
@@ -312,10 +316,9 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
     eval_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
     metrics_path, log_path = work / "metrics.jsonl", work / TRAIN_LOG
     fit_q = fit_sample(train_q, tcfg.fit_check_images, tcfg.seed + fold)
-    flat = constant_loss(train_q, tcfg.loss, label_cols, label_set.values)
+    flat = constant_loss(train_q, tcfg.loss, label_cols, label_set.values, tcfg.total_weight)
     if flat is not None:
-        log.info("train %s/%s/fold%d: a constant answer (each task's mean) has loss %.4f", mcfg.name, group,
-                 fold, flat)
+        log.info("train %s/%s/fold%d: a constant answer (each task's mean) has loss %.4f", mcfg.name, group, fold, flat)
 
     def evaluate(m):
         held = evaluate_questions(adapter, m, eval_q, cfg.image_dir, tcfg.eval_batch, eval_collator)
