@@ -416,10 +416,10 @@ if pairs:
 # learnt what it was shown); training far above held-out: it memorises.
 
 # %%
-if not metrics.empty and "train_final" in metrics:
-    last = metrics.sort_values("epoch").groupby(["model", "group", "fold"]).tail(1)
-    fit = last[["model", "group", "fold", "srcc", "train_srcc", "acc", "train_acc", "final", "train_final"]]
-    display(fit.set_index(["model", "group", "fold"]).round(4))
+pairs = [c for k in ("srcc", "acc", "final") for c in (k, f"train_{k}") if f"train_{k}" in metrics]
+if not metrics.empty and pairs:
+    last = metrics.sort_values(["epoch", "step"], kind="stable").groupby(["model", "group", "fold"]).tail(1)
+    display(last.set_index(["model", "group", "fold"])[pairs].sort_index().round(4))
 else:
     print("no fit check in metrics.jsonl (adapters trained before it existed, or fit_check_images: 0)")
 

@@ -117,7 +117,9 @@ def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
     assert (work / "checkpoint-4").is_dir()
     # A step the killed run logged after its last checkpoint is logged again on resume, once.
     with open(work / TRAIN_LOG, "a") as f:
-        f.write(json.dumps({"step": 6, "epoch": 0.0, "loss": 999.0}) + "\n")
+        f.write(json.dumps({"step": 6, "epoch": 0.0, "loss": 999.0}) + "\n" + '{"step": 7, "los')   # + a torn line
+    with open(work / "metrics.jsonl", "a") as f:    # an epoch-end score written after the last checkpoint
+        f.write(json.dumps({"epoch": 1.0, "step": 6, "final": -1.0}) + "\n")
     resumed_dir = train_fold(cfg, mcfg, "mixed", 0, tr, ev)
     resumed = _weights(resumed_dir)
     assert resumed.keys() == reference.keys()
@@ -125,6 +127,10 @@ def test_resume_after_crash_matches_uninterrupted(cfg, tmp_path):
         torch.testing.assert_close(resumed[k], reference[k], atol=1e-5, rtol=1e-4)
     again = read_train_log(resumed_dir / TRAIN_LOG)
     assert again["step"].tolist() == [2, 4, 6]
+    scores = [json.loads(x) for x in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    reference_scores = [json.loads(x) for x in lines]
+    assert [m["step"] for m in scores] == [m["step"] for m in reference_scores]
+    assert -1.0 not in [m["final"] for m in scores]
     np.testing.assert_allclose(again["loss"], curve["loss"], rtol=1e-4)
 
 
@@ -286,17 +292,21 @@ def test_changed_training_setting_stops_instead_of_reusing_the_adapter(cfg):
     # Settings that do not change the result (the scoring batch) keep the adapter.
     train_fold(cfg, mcfg.__class__(**{**mcfg.__dict__, "training": {"eval_batch": 4}}), "mixed", 0, tr, ev)
     assert (out / "train_done.json").stat().st_mtime_ns == before
+    # Nor does the size of the epoch-end fit check.
+    train_fold(cfg, mcfg.__class__(**{**mcfg.__dict__, "training": {"fit_check_images": 0}}), "mixed", 0, tr, ev)
+    assert (out / "train_done.json").stat().st_mtime_ns == before
 
 
 def test_adapter_recorded_before_an_option_existed_is_kept_while_the_option_is_off(cfg):
     """An adapter whose record lacks a later training option (here pseudo_weight, augment_shift) is
-    reused while that option is at its default, and stops the run once it is not."""
+    reused while that option is at its default, and stops the run once it is not (total_weight
+    also missing: kept)."""
     mcfg, tr, ev, out, before = _trained_fold0(cfg)
     card_path = out / "train_done.json"
     original = card_path.read_text()
     try:
         card = json.loads(original)
-        for key in ("training.pseudo_weight", "training.augment_shift"):
+        for key in ("training.pseudo_weight", "training.augment_shift", "training.total_weight"):
             del card["made_with"][key]
         card_path.write_text(json.dumps(card))
         train_fold(cfg, mcfg, "mixed", 0, tr, ev)                       # kept: both at their defaults
@@ -503,7 +513,21 @@ def test_total_weight_counts_each_total_question_that_many_times():
         torch.testing.assert_close(heavy, plain + 2 * totals)
 
 
+def test_fit_sample_takes_whole_labelled_images_only():
+    import pandas as pd
+    from tokenfocus.trainlog import fit_sample
+
+    q = pd.DataFrame({"img_path": ["a", "a", "b", "c", "c", "t", "t"], "fold": [1, 1, 2, 3, 3, -1, -1],
+                      "task": ["total", "element"] * 3 + ["total"]})
+    for n in (1, 2, 3, 10):
+        fit = fit_sample(q, n, seed=0)
+        assert "t" not in set(fit["img_path"]) and fit["img_path"].nunique() == min(n, 3)
+        assert all((fit["img_path"] == p).sum() == (q["img_path"] == p).sum() for p in fit["img_path"])
+    assert fit_sample(q, 0, seed=0).empty
+
+
 @pytest.mark.parametrize("override, message", [
+    ("training.fit_check_images=-1", r"training\.fit_check_images: -1 must be 0"),
     ("training.total_weight=0", r"training\.total_weight: 0(\.0)? must be positive"),
     ("training.loss=sft", None),
 ])

@@ -27,7 +27,7 @@ from .models import load_model_adapter
 from .packed import check_backend, packed_label_logits
 from .parallel import process_state
 from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, label_logit_table, label_set_of, question_frame
-from .trainlog import TRAIN_LOG, EpochEvalCallback, append_train_log, fit_sample, group_rates, trim_train_log
+from .trainlog import TRAIN_LOG, EpochEvalCallback, append_train_log, fit_sample, group_rates, trim_log
 
 log = logging.getLogger("tokenfocus")
 
@@ -336,8 +336,8 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
             train_collator.epoch = int(state.epoch or 0)
 
         def on_train_begin(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                trim_train_log(log_path, state.global_step)   # a resumed run logs its later steps again
+            for path in (log_path, metrics_path) if state.is_world_process_zero else ():
+                trim_log(path, state.global_step)   # a resumed run logs its later steps again
 
         def on_log(self, args, state, control, logs=None, optimizer=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:

@@ -47,18 +47,30 @@ def append_train_log(path: Path, line: dict) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def trim_train_log(path: Path, step: int) -> None:
-    """Drop the lines after ``step`` (logged by a run that died after its last checkpoint)."""
+def _lines(path: Path) -> list[dict]:
+    """The whole JSON lines of a log (a line torn by a kill mid-write is left out)."""
+    out = []
+    for x in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(x))
+        except ValueError:
+            continue
+    return out
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the lines after ``step`` from a per-step log (``train_log.jsonl``, ``metrics.jsonl``):
+    what a run wrote after its last checkpoint, which the resumed run writes again."""
     if path.is_file():
-        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
-        path.write_text("".join(x + "\n" for x in lines))
+        path.write_text("".join(json.dumps(x) + "\n" for x in _lines(path) if x.get("step", 0) <= step),
+                        encoding="utf-8")
 
 
 def read_train_log(path: Path) -> pd.DataFrame:
     """A published or in-progress ``train_log.jsonl`` as a frame (empty when there is none)."""
     if not Path(path).is_file():
         return pd.DataFrame(columns=["step", "epoch", "loss", "grad_norm", "lr"])
-    return pd.DataFrame([json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()])
+    return pd.DataFrame(_lines(path))
 
 
 class EpochEvalCallback:

@@ -148,6 +148,8 @@ def _check_models(cfg: Config) -> None:
         for fld in ("augment_brightness", "augment_contrast", "augment_blur", "augment_shift"):
             if not 0.0 <= getattr(t, fld) <= 0.5:
                 raise ConfigError(f"{where}.training.{fld}: {getattr(t, fld)!r} outside [0, 0.5]")
+        if t.fit_check_images < 0:
+            raise ConfigError(f"{where}.training.fit_check_images: {t.fit_check_images!r} must be 0 (off) or more")
         if not t.total_weight > 0 or (t.loss == "sft" and t.total_weight != 1.0):
             raise ConfigError(f"{where}.training.total_weight: {t.total_weight!r} must be positive, and 1 with "
                               "loss 'sft' (its full-vocabulary loss weighs every token alike)")

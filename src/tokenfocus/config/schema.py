@@ -132,7 +132,7 @@ class TrainingConfig:
     # levels (A..O) read the total iMatch's way, from finer level tokens mapped onto 1-5.
     total_levels: int = 5
     # A total question's weight in the loss against an element question's (1: the paper's, every
-    # question counts once). A mixed image has one total and ~5 element questions.
+    # question counts once). A mixed image has one total and ~6 element questions.
     total_weight: float = 1.0
     # Label-preserving image augmentation in the training collator (tokenfocus.augment; off in
     # the paper's Table 2, on in iMatch as random lighting): brightness / contrast factors in
