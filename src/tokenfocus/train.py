@@ -27,7 +27,7 @@ from .models import load_model_adapter
 from .packed import check_backend, packed_label_logits
 from .parallel import process_state
 from .questions import ELEMENT, TASK_ID, TASK_VALUES, TOTAL, label_logit_table, label_set_of, question_frame
-from .trainlog import TRAIN_LOG, EpochEvalCallback, append_train_log, fit_sample, group_rates, trim_log
+from .trainlog import METRICS_LOG, TRAIN_LOG, EpochEvalCallback, append_log, fit_sample, group_rates, trim_log
 
 log = logging.getLogger("tokenfocus")
 
@@ -314,7 +314,7 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
         ddp_find_unused_parameters=False,
     )
     eval_collator = TokenFocusCollator(adapter, cfg.image_dir, tcfg, train=False)
-    metrics_path, log_path = work / "metrics.jsonl", work / TRAIN_LOG
+    metrics_path, log_path = work / METRICS_LOG, work / TRAIN_LOG
     fit_q = fit_sample(train_q, tcfg.fit_check_images, tcfg.seed + fold)
     flat = constant_loss(train_q, tcfg.loss, label_cols, label_set.values, tcfg.total_weight)
     if flat is not None:
@@ -341,9 +341,9 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
 
         def on_log(self, args, state, control, logs=None, optimizer=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
-                append_train_log(log_path, {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
-                                            "loss": logs["loss"], "grad_norm": logs.get("grad_norm"),
-                                            **group_rates(optimizer, tcfg)})
+                append_log(log_path, {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                                      "loss": logs["loss"], "grad_norm": logs.get("grad_norm"),
+                                      **group_rates(optimizer, tcfg)})
 
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset,
@@ -371,7 +371,7 @@ def _publish(trainer, work: Path, out: Path, card: dict) -> None:
     every instant the old adapter or the new one is complete."""
     with atomic_dir(out) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        for name in ("metrics.jsonl", TRAIN_LOG):
+        for name in (METRICS_LOG, TRAIN_LOG):
             if (work / name).is_file():
                 shutil.copy(work / name, tmp / name)
         write_json(tmp / "train_done.json", card)

@@ -28,6 +28,7 @@ def fit_sample(train_q: pd.DataFrame, n_images: int, seed: int) -> pd.DataFrame:
 # learning rates of the language model (LoRA) and of the vision tower (the Trainer's own log shows
 # only the first parameter group's, which is the vision tower's).
 TRAIN_LOG = "train_log.jsonl"
+METRICS_LOG = "metrics.jsonl"   # one line per epoch: held-out and fit-check scores (EpochEvalCallback)
 
 
 def group_rates(optimizer, tcfg: TrainingConfig) -> dict:
@@ -41,15 +42,19 @@ def group_rates(optimizer, tcfg: TrainingConfig) -> dict:
     return rates
 
 
-def append_train_log(path: Path, line: dict) -> None:
+def append_log(path: Path, line: dict) -> None:
+    """One JSON line onto a per-step log (``TRAIN_LOG``, ``METRICS_LOG``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 
 
-def _lines(path: Path) -> list[dict]:
-    """The whole JSON lines of a log (a line torn by a kill mid-write is left out)."""
+def log_lines(path: Path) -> list[dict]:
+    """The whole JSON lines of a log, none when it is missing (a line torn by a kill mid-write is
+    left out)."""
     out = []
+    if not Path(path).is_file():
+        return out
     for x in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             out.append(json.loads(x))
@@ -62,7 +67,7 @@ def trim_log(path: Path, step: int) -> None:
     """Drop the lines after ``step`` from a per-step log (``train_log.jsonl``, ``metrics.jsonl``):
     what a run wrote after its last checkpoint, which the resumed run writes again."""
     if path.is_file():
-        path.write_text("".join(json.dumps(x) + "\n" for x in _lines(path) if x.get("step", 0) <= step),
+        path.write_text("".join(json.dumps(x) + "\n" for x in log_lines(path) if x.get("step", 0) <= step),
                         encoding="utf-8")
 
 
@@ -70,12 +75,12 @@ def read_train_log(path: Path) -> pd.DataFrame:
     """A published or in-progress ``train_log.jsonl`` as a frame (empty when there is none)."""
     if not Path(path).is_file():
         return pd.DataFrame(columns=["step", "epoch", "loss", "grad_norm", "lr"])
-    return pd.DataFrame(_lines(path))
+    return pd.DataFrame(log_lines(path))
 
 
 class EpochEvalCallback:
     """Scores the held-out fold (and the fit-check sample of training images, as ``train_*``)
-    after every epoch and appends a line to metrics.jsonl."""
+    after every epoch and appends a line to ``METRICS_LOG``."""
 
     def __init__(self, evaluate, path: Path):
         self.evaluate, self.path = evaluate, path
@@ -85,8 +90,7 @@ class EpochEvalCallback:
             return
         metrics = self.evaluate(model)
         line = {"epoch": round(state.epoch or 0, 3), "step": state.global_step, **metrics}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        append_log(self.path, line)
         for label, pre in (("held-out", ""), ("training images", "train_")):
             part = {k[len(pre):]: v for k, v in metrics.items()
                     if isinstance(v, float) and k.startswith(pre) and (pre or not k.startswith("train_"))}

@@ -1,7 +1,6 @@
 """Stage 03: one LoRA fine-tune per (model, question group, fold), folds side by side on a CPU."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ from ..parallel import process_state, run_units
 from ..pseudo import source_folds
 from ..questions import task_groups
 from ..train import fold_questions, skip_trained, train_fold
+from ..trainlog import METRICS_LOG, log_lines
 
 
 def run_training(cfg: Config, force: bool = False, model: str | None = None, group: str | None = None,
@@ -90,8 +90,5 @@ def _stale_dumps(cfg: Config, model: str, fold: int) -> bool:
 
 
 def _last_metrics(out: Path) -> dict:
-    p = out / "metrics.jsonl"
-    if not p.is_file():
-        return {}
-    lines = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    lines = log_lines(out / METRICS_LOG)
     return {k: v for k, v in lines[-1].items() if k in ("epoch", "srcc", "plcc", "acc", "final")} if lines else {}
