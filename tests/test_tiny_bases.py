@@ -233,3 +233,27 @@ def test_aligned_layout_gives_each_shape_a_token_cell_of_its_own(mtb):
         default = np.asarray(render_scene(scene, 112, np.random.default_rng(1)))
         assert np.array_equal(default, np.asarray(render_scene(scene, 112, np.random.default_rng(1), aligned=False)))
         assert not np.array_equal(default, np.asarray(render_scene(scene, 112, np.random.default_rng(1), aligned=True)))
+
+
+def test_probe_vision_easy_scenes_are_what_the_curriculum_says(monkeypatch):
+    """probe_vision's easy scenes: the asked number of groups, one plain shape each, of the asked
+    size, distinct shapes and colours, no style; --easy 1 draws only those, --easy 0 never."""
+    monkeypatch.syspath_prepend(str(ROOT / "src" / "tools"))
+    spec = importlib.util.spec_from_file_location("probe_vision", ROOT / "src" / "tools" / "probe_vision.py")
+    pv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pv)
+    rng = np.random.default_rng(0)
+    monkeypatch.setitem(pv.EASY, "groups", 3)
+    monkeypatch.setitem(pv.EASY, "size", "medium")
+    for _ in range(50):
+        scene = pv.easy_scene(rng)
+        assert len(scene.objects) == 3 and scene.style == "none" and not scene.relations
+        assert {(o.count, o.size, o.texture, o.distorted, o.partial, o.tint) for o in scene.objects} == \
+            {(1, "medium", "plain", False, False, None)}
+        assert len({o.shape for o in scene.objects}) == 3 and len({o.color for o in scene.objects}) == 3
+    shapes = [i for i, (kind, _) in enumerate(pv.LABELS) if kind == "shape"]
+    easy = [pv.draw(rng, 112, easy=1.0)[1][shapes].sum() for _ in range(20)]
+    assert set(easy) == {3.0}
+    # The general distribution: any number of shapes (groups dropped or added by the generator).
+    general = [pv.draw(rng, 112, easy=0.0)[1][shapes].sum() for _ in range(60)]
+    assert len(set(general)) > 1
