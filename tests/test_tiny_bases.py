@@ -164,7 +164,11 @@ def test_a_published_base_gains_a_new_stage_without_redoing_its_own(mtb, tmp_pat
     assert len(card["pretrain"]["after_phase"]) == len(mtb.ALL_PHASES)
 
 
-def test_pretraining_resumes_where_it_stopped(mtb, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"presence": 1.0, "easy_steps": 2, "easy_floor": 0.5}],
+                         ids=["dense", "presence+easy"])
+def test_pretraining_resumes_where_it_stopped(mtb, tmp_path, extra):
+    """Stopped after its first phase and run again, pre-training ends at the weights of an
+    uninterrupted run (with the presence head and the easy-first curriculum too)."""
     corpus = mtb.build_corpus(0)
     tok = mtb.train_tokenizer(corpus, "internvl")
     torch.manual_seed(0)
@@ -180,13 +184,15 @@ def test_pretraining_resumes_where_it_stopped(mtb, tmp_path):
                 raise KeyboardInterrupt
             return {"phase": name}
 
-        mtb.pretrain(adapter, phases=phases, batch_size=2, lr=1e-3, seed=5, state_path=state, on_phase_end=end)
+        mtb.pretrain(adapter, phases=phases, batch_size=2, lr=1e-3, seed=5, state_path=state, on_phase_end=end,
+                     **extra)
         return {k: v.clone() for k, v in adapter.model.state_dict().items()}
 
     whole = run(tmp_path / "a.pt")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b.pt", stop_after_first=True)
-    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 2
+    stopped = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert stopped["step"] == 2 and (stopped["presence_head"] is not None) == bool(extra)
     resumed = run(tmp_path / "b.pt")
     for k in whole:
         torch.testing.assert_close(resumed[k], whole[k], atol=1e-6, rtol=1e-5)
@@ -235,25 +241,36 @@ def test_aligned_layout_gives_each_shape_a_token_cell_of_its_own(mtb):
         assert not np.array_equal(default, np.asarray(render_scene(scene, 112, np.random.default_rng(1), aligned=True)))
 
 
-def test_probe_vision_easy_scenes_are_what_the_curriculum_says(monkeypatch):
-    """probe_vision's easy scenes: the asked number of groups, one plain shape each, of the asked
-    size, distinct shapes and colours, no style; --easy 1 draws only those, --easy 0 never."""
-    monkeypatch.syspath_prepend(str(ROOT / "src" / "tools"))
-    spec = importlib.util.spec_from_file_location("probe_vision", ROOT / "src" / "tools" / "probe_vision.py")
-    pv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pv)
+def test_easy_scenes_are_what_the_curriculum_says(mtb, monkeypatch):
+    """The easy pictures the shapes stage and probe_vision start on: the asked number of groups,
+    one plain shape each, of the asked size, distinct shapes and colours, no style, drawn as asked;
+    probe_vision's --easy 1 draws only those, --easy 0 the general mix."""
     rng = np.random.default_rng(0)
-    monkeypatch.setitem(pv.EASY, "groups", 3)
-    monkeypatch.setitem(pv.EASY, "size", "medium")
     for _ in range(50):
-        scene = pv.easy_scene(rng)
+        scene = mtb.easy_scene(rng, groups=3, size="medium")
         assert len(scene.objects) == 3 and scene.style == "none" and not scene.relations
         assert {(o.count, o.size, o.texture, o.distorted, o.partial, o.tint) for o in scene.objects} == \
             {(1, "medium", "plain", False, False, None)}
         assert len({o.shape for o in scene.objects}) == 3 and len({o.color for o in scene.objects}) == 3
+    for _ in range(10):   # drawn as asked: every element of its prompt shown
+        item = mtb.draw_item(rng, easy=True)
+        assert len(item["drawn"].objects) == 1 and item["drawn"].objects[0].size == "big"
+        assert all(e.clarity(item["drawn"]) >= 0.5 for e in item["prompt"].elements)
+    monkeypatch.syspath_prepend(str(ROOT / "src" / "tools"))
+    spec = importlib.util.spec_from_file_location("probe_vision", ROOT / "src" / "tools" / "probe_vision.py")
+    pv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pv)
+    monkeypatch.setitem(pv.EASY, "groups", 3)
     shapes = [i for i, (kind, _) in enumerate(pv.LABELS) if kind == "shape"]
-    easy = [pv.draw(rng, 112, easy=1.0)[1][shapes].sum() for _ in range(20)]
-    assert set(easy) == {3.0}
-    # The general distribution: any number of shapes (groups dropped or added by the generator).
-    general = [pv.draw(rng, 112, easy=0.0)[1][shapes].sum() for _ in range(60)]
-    assert len(set(general)) > 1
+    assert {pv.draw(rng, 112, easy=1.0)[1][shapes].sum() for _ in range(20)} == {3.0}
+    # The general mix: any number of shapes (groups dropped or added by the generator).
+    assert len({pv.draw(rng, 112, easy=0.0)[1][shapes].sum() for _ in range(60)}) > 1
+
+
+def test_presence_target_names_what_the_drawn_scene_shows(mtb):
+    scene = Scene("desert", [SceneObject("star", "red", 2, texture="striped"), SceneObject("heart", "blue")],
+                  style="sketch")
+    t = mtb.presence_target([{"drawn": scene}])[0]
+    on = {label for label, v in zip(mtb.PRESENCE_LABELS, t.tolist()) if v}
+    assert on == {("shape", "star"), ("shape", "heart"), ("color", "red"), ("color", "blue"),
+                  ("background", "desert"), ("texture", "striped"), ("style", "sketch")}

@@ -105,22 +105,9 @@ OUT_HIDDEN = 128
 EASY = {"size": "big", "groups": 1}   # set from --easy-size and --easy-groups
 
 
-def easy_scene(rng: np.random.Generator) -> S.Scene:
-    """The easiest pictures of the grammar (a curriculum's start): ``EASY["groups"]`` groups of one
-    plain shape each, of ``EASY["size"]``, distinct shapes and colours, no style, drawn as asked."""
-    scene = S.sample_scene(rng)
-    n = EASY["groups"]
-    shapes = rng.choice(len(S.SHAPES), n, replace=False)
-    colors = rng.choice(len(S.COLORS), n, replace=False)
-    scene.objects = [S.SceneObject(S.SHAPES[i], list(S.COLORS)[c], 1, EASY["size"], "plain")
-                     for i, c in zip(shapes, colors)]
-    scene.style, scene.relations = "none", []
-    return scene
-
-
 def draw(rng: np.random.Generator, size: int, aligned: bool = False, snap: int = 0, easy: float = 0.0):
     if easy and rng.random() < easy:
-        drawn = easy_scene(rng)
+        drawn = bases.easy_scene(rng, EASY["groups"], EASY["size"])
     else:
         drawn = generate(S.sample_scene(rng), CHECK_GENERATOR, rng)
     image = render_scene(drawn, size=size, rng=np.random.default_rng(int(rng.integers(2 ** 31))), aligned=aligned,
@@ -179,7 +166,7 @@ def main(argv=None) -> None:
                     help="per-token-cell targets (the bases' region words) instead of image-level presence")
     ap.add_argument("--aligned", action="store_true", help="render with render_scene(aligned=True)")
     ap.add_argument("--easy", type=float, default=0.0,
-                    help="share of training scenes drawn easy (easy_scene: --easy-groups plain shapes of "
+                    help="share of training scenes drawn easy (make_tiny_bases.easy_scene: --easy-groups plain shapes of "
                          "--easy-size, one of each, no style, no generator error); held-out scenes only with --held-easy")
     ap.add_argument("--easy-steps", type=int, default=0,
                     help="curriculum: the share of easy scenes falls linearly from 1 to --easy over this many steps")
