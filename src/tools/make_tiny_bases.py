@@ -570,9 +570,10 @@ def presence_target(items) -> torch.Tensor:
 class PresenceHead(torch.nn.Module):
     """An image-level training aid, not part of the saved model: a linear read-out of which
     shapes, colours, background, textures and style a picture shows, from the mean and the max
-    of its image tokens. ``probe_vision.py`` measured that this objective teaches the bases' tower
-    the demo's shapes (AUC 0.95 after 108k scenes at batch 16 with the easy-first curriculum) where
-    the dense cell targets alone do not (0.56-0.57)."""
+    of its image tokens. ``probe_vision.py`` measured that an image-level presence objective (its
+    own head over the tower's outputs, shapes, colours and backgrounds, no dense loss) teaches the
+    bases' tower the demo's shapes (AUC 0.95 after 108k scenes at batch 16 with the easy-first
+    curriculum) where dense cell targets do not (0.56-0.57)."""
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -780,7 +781,7 @@ def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_pa
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
-        if head is not None:
+        if head is not None and state.get("presence_head") is not None:
             head.load_state_dict(state["presence_head"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -978,7 +979,8 @@ def make_family(family: str, out_dir: Path, seed: int, corpus: list[str], args) 
         stats = pretrain(adapter, phases=scaled_phases(st.phases, args.phase_scale), batch_size=args.batch_size,
                          lr=args.lr, seed=seed, state_path=work / f"state-{st.name}.pt", on_phase_end=record,
                          scene_words=st.scene_words, stream=st.stream, presence=st.presence,
-                         easy_steps=round(st.easy_steps * args.phase_scale), easy_floor=st.easy_floor)
+                         easy_steps=max(1, round(st.easy_steps * args.phase_scale)) if st.easy_steps else 0,
+                         easy_floor=st.easy_floor)
         stats["stage"] = st.name
         save_checkpoint(stage_dir, adapter.model, adapter.tokenizer, adapter.image_processor, processor_config)
         with atomic_path(stage_dir / "stats.json") as tmp:

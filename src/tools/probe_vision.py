@@ -68,8 +68,9 @@ curriculum ``--easy-steps 3000 --easy 0.1`` 0.59 / 0.68 / 0.78 / 0.86 / 0.90 at 
 8k / 16k / 24k without): ``--window 32`` 0.62 / 0.64 / 0.66; ``--embed-lr 1e-4`` 0.62 at 8k;
 ``--hidden 192`` 0.62 (2.5x the time an image); ``--patch 4 --merge 4 --hidden 64`` with
 ``--window 16`` / ``32`` 0.64 / 0.65 (2.7x); ``--size 160`` (100 tokens) 0.65 (2x);
-``--size-scale 1.35`` 0.66 / 0.67 at 8k / 16k; ``--easy 0.5`` 0.63 / 0.65 (0.72 at 28k against
-0.71 without); ``--easy 0.8`` 0.62 at 8k; ``--easy-steps 2000`` (batch 8) 0.63 / 0.64 at 8k / 12k.
+``--size-scale 1.35`` (up to the slots' limit) 0.66 / 0.67 at 8k / 16k; ``--easy 0.5`` 0.63 /
+0.65 (0.72 at 28k against 0.71 without); ``--easy 0.8`` 0.62 at 8k; ``--easy-steps 2000`` (batch 8)
+0.63 / 0.64 at 8k / 12k.
 
 A linear probe of the committed tiny Qwen2.5-VL base (after its ``scene`` stage) on its frozen
 image tokens (3,000 fresh scenes, 2,200 to fit): image-level shape AUC 0.68 (mean and max
@@ -179,6 +180,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tower", choices=("qwen", "mlp"), default="qwen",
                     help="mlp: a 2-layer per-token MLP on the processor's patch tokens instead of the tower")
     a = ap.parse_args(argv)
+    if a.dense and (a.easy or a.easy_steps or a.held_easy):
+        ap.error("the easy scenes (--easy, --easy-steps, --held-easy) are image-level: not with --dense")
+    if a.embed_lr and a.tower == "mlp":
+        ap.error("--embed-lr sets the tower's patch embedding: not with --tower mlp")
     torch.set_num_threads(a.threads)
     EASY.update(size=a.easy_size, groups=a.easy_groups)
     if a.size_scale != 1.0:
