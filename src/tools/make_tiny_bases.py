@@ -318,6 +318,12 @@ def easy_scene(rng: np.random.Generator, groups: int = 1, size: str = "big") -> 
     return scene
 
 
+def easy_share(step: int, steps: int, floor: float) -> float:
+    """The easy-first curriculum: the share of ``easy_scene``s at ``step``, falling linearly from 1
+    to ``floor`` over ``steps`` steps (``steps`` 0: ``floor`` throughout)."""
+    return max(floor, 1.0 - step / steps) if steps else floor
+
+
 def draw_item(rng: np.random.Generator, aligned: bool = False, easy: bool = False) -> dict:
     """A fresh pre-training scene: intended scene and prompt, the generic generator's drawing,
     its image and the words of each image-token cell. ``easy``: an ``easy_scene``, drawn as asked."""
@@ -553,17 +559,24 @@ PRESENCE_LABELS = (tuple(("shape", w) for w in SHAPES) + tuple(("color", w) for 
                    + tuple(("texture", w) for w in TEXTURE_WORDS) + tuple(("style", w) for w in STYLE_WORDS))
 
 
+PRESENCE_INDEX = {label: i for i, label in enumerate(PRESENCE_LABELS)}
+
+
+def shown_labels(drawn) -> set[tuple[str, str]]:
+    """(kind, word) of everything a drawn scene shows: its shapes, colours (as shown), textures,
+    background and style ("plain" and "none" included)."""
+    shown = {("background", drawn.background), ("style", drawn.style)}
+    for o in drawn.objects:
+        shown |= {("shape", o.shape), ("color", shown_color(o)), ("texture", o.texture)}
+    return shown
+
+
 def presence_target(items) -> torch.Tensor:
     """(B, PRESENCE_LABELS) 0/1: which shapes, colours (as shown), background, textures and style
     each item's drawn scene shows."""
     t = torch.zeros(len(items), len(PRESENCE_LABELS))
-    index = {label: i for i, label in enumerate(PRESENCE_LABELS)}
     for b, item in enumerate(items):
-        d = item["drawn"]
-        shown = {("background", d.background), ("style", d.style)}
-        for o in d.objects:
-            shown |= {("shape", o.shape), ("color", shown_color(o)), ("texture", o.texture)}
-        t[b, [index[x] for x in shown if x in index]] = 1.0
+        t[b, [PRESENCE_INDEX[x] for x in shown_labels(item["drawn"]) if x in PRESENCE_INDEX]] = 1.0
     return t
 
 
@@ -807,7 +820,7 @@ def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_pa
         tasks, weights = list(mix), np.array(list(mix.values()), float)
         for s in range(max(done, bounds[p]), bounds[p + 1]):
             rng = np.random.default_rng([seed, stream, s])
-            easy = 0.0 if mix or not easy_steps else max(easy_floor, 1.0 - s / easy_steps)
+            easy = 0.0 if mix or not easy_steps else easy_share(s, easy_steps, easy_floor)
             items = [draw_item(rng, easy=bool(easy) and rng.random() < easy) for _ in range(batch_size)]
             if mix:
                 drawn = [generic_question(it, rng, str(t)) for it, t in

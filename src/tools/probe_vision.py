@@ -113,8 +113,7 @@ def draw(rng: np.random.Generator, size: int, aligned: bool = False, snap: int =
         drawn = generate(S.sample_scene(rng), CHECK_GENERATOR, rng)
     image = render_scene(drawn, size=size, rng=np.random.default_rng(int(rng.integers(2 ** 31))), aligned=aligned,
                          snap=snap)
-    shown = ({("shape", o.shape) for o in drawn.objects} | {("color", S.shown_color(o)) for o in drawn.objects}
-             | {("background", drawn.background)})
+    shown = bases.shown_labels(drawn)
     return image, np.array([label in shown for label in LABELS], dtype=np.float32)
 
 
@@ -219,12 +218,9 @@ def main(argv=None) -> None:
 
     sample = (lambda r: draw_dense(r, a.aligned)) if a.dense else (lambda r: draw(r, a.size, a.aligned, a.snap))
 
-    def easy_share(step: int) -> float:
-        return max(a.easy, 1.0 - step / a.easy_steps) if a.easy_steps else a.easy
-
-    def train_sample(r):
-        share = easy_share(step)
-        return sample(r) if a.dense or not share else draw(r, a.size, a.aligned, a.snap, share)
+    def train_sample(r):   # --dense never has easy scenes (refused above)
+        share = bases.easy_share(step, a.easy_steps, a.easy)
+        return draw(r, a.size, a.aligned, a.snap, share) if share else sample(r)
     held_rng = np.random.default_rng(999)
     held_sample = (lambda r: draw(r, a.size, a.aligned, a.snap, 1.0)) if a.held_easy else sample
     held = [held_sample(held_rng) for _ in range(800)]
