@@ -3,6 +3,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -164,11 +165,13 @@ def test_a_published_base_gains_a_new_stage_without_redoing_its_own(mtb, tmp_pat
     assert len(card["pretrain"]["after_phase"]) == len(mtb.ALL_PHASES)
 
 
-@pytest.mark.parametrize("extra", [{}, {"presence": 1.0, "easy_steps": 2, "easy_floor": 0.5}],
-                         ids=["dense", "presence+easy"])
+@pytest.mark.parametrize("extra", [{}, {"presence": 1.0, "easy_steps": 2, "easy_floor": 0.5},
+                                   {"presence": 1.0, "presence_words": True}],
+                         ids=["dense", "presence+easy", "presence-words"])
 def test_pretraining_resumes_where_it_stopped(mtb, tmp_path, extra):
     """Stopped after its first phase and run again, pre-training ends at the weights of an
-    uninterrupted run (with the presence head and the easy-first curriculum too)."""
+    uninterrupted run (with the presence head, linear or through the word embeddings, and the
+    easy-first curriculum too)."""
     corpus = mtb.build_corpus(0)
     tok = mtb.train_tokenizer(corpus, "internvl")
     torch.manual_seed(0)
@@ -274,3 +277,23 @@ def test_presence_target_names_what_the_drawn_scene_shows(mtb):
     on = {label for label, v in zip(mtb.PRESENCE_LABELS, t.tolist()) if v}
     assert on == {("shape", "star"), ("shape", "heart"), ("color", "red"), ("color", "blue"),
                   ("background", "desert"), ("texture", "striped"), ("style", "sketch")}
+
+
+def test_presence_read_through_the_word_embeddings_is_the_best_token_match(mtb):
+    """PresenceHead(words=...): a label's logit is the max over the image tokens of the token's
+    score for the label's word (scale 1, bias 0 at the start), so a token that is the word
+    "star" makes "star" the shape the head reads."""
+    torch.manual_seed(0)
+    words = mtb.region_words()
+    emb = torch.nn.Embedding(len(words) + 3, 16)
+    dense = SimpleNamespace(ids=torch.arange(3, len(words) + 3), index={w: i for i, w in enumerate(words)}, head=emb)
+    head = mtb.PresenceHead(16, dense)
+    features = torch.randn(1, 49, 16) * 0.01
+    star = dense.ids[dense.index["star"]]
+    features[0, 7] = emb.weight[star].detach() * 10
+    logits = head.logits(features)[0]
+    expected = (features[0] @ emb.weight[dense.ids[[dense.index[w] for _, w in mtb.PRESENCE_LABELS]]].T).amax(0)
+    torch.testing.assert_close(logits, expected.float())
+    shapes = [i for i, (kind, _) in enumerate(mtb.PRESENCE_LABELS) if kind == "shape"]
+    assert mtb.PRESENCE_LABELS[shapes[int(logits[shapes].argmax())]] == ("shape", "star")
+    assert set(dict(head.named_parameters())) == {"scale", "bias"}   # the embeddings stay the model's
