@@ -297,3 +297,5 @@ def test_presence_read_through_the_word_embeddings_is_the_best_token_match(mtb):
     shapes = [i for i, (kind, _) in enumerate(mtb.PRESENCE_LABELS) if kind == "shape"]
     assert mtb.PRESENCE_LABELS[shapes[int(logits[shapes].argmax())]] == ("shape", "star")
     assert set(dict(head.named_parameters())) == {"scale", "bias"}   # the embeddings stay the model's
+    with pytest.raises(ValueError, match="presence > 0"):   # the read-out without a loss weight would do nothing
+        mtb.pretrain(None, phases=(), batch_size=1, lr=1e-3, seed=0, state_path=Path("unused.pt"), presence_words=True)

@@ -809,6 +809,8 @@ def pretrain(adapter, *, phases, batch_size: int, lr: float, seed: int, state_pa
     its read-out through the tied word embeddings); ``easy_steps`` > 0
     draws the vision phases' scenes easy (``easy_scene``) with a share falling from 1 to
     ``easy_floor`` over the stage's first ``easy_steps`` steps."""
+    if presence_words and not presence:
+        raise ValueError("presence_words reads the presence loss through the word embeddings: give it a weight (presence > 0)")
     torch.manual_seed(seed)
     dense = DenseTargets(adapter, scene_words)
     capture = Capture(adapter)
