@@ -16,7 +16,7 @@ from tokenfocus.prompts import ELEMENT_INSTRUCTION, TOTAL_INSTRUCTION
 ROOT = Path(__file__).resolve().parents[1]
 # Question types the committed bases answer well above the majority rate on held-out scenes
 # (card.json). Shape presence, counting and texture are not among them: see the README.
-LEARNED = ("color", "color_shape", "color_of", "background", "style", "caption", "word")
+LEARNED = ("color", "color_shape", "color_of", "background", "style", "caption", "word", "digit", "rate")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,44 @@ def test_pretraining_asks_generic_questions_only(mtb):
     for name, steps, mix in mtb.ALL_PHASES:
         assert steps > 0 and set(mix) <= set(mtb.QUESTION_TYPES), name
         assert not mix or sum(mix.values()) == pytest.approx(1.0), name
+
+
+def test_answer_format_questions_keep_the_yes_no_truth_and_count_absent_shapes_as_zero(mtb):
+    """``digit``: a generic yes/no question under a generic digit instruction (never the scoring
+    one), answered 1 exactly where the same draws answer Yes; ``count0``: 0 for an absent shape;
+    ``rate``: how much of the caption is shown, or the number of shapes or colours, on a 1-5
+    scale, every level used."""
+    rng = np.random.default_rng(5)
+    counts, rates, kinds = set(), set(), set()
+    for i in range(200):
+        item = mtb.draw_item(rng)
+        q, a = mtb.generic_question(item, np.random.default_rng(i), "digit")
+        inner = np.random.default_rng(i)
+        qtype = str(inner.choice(mtb.YES_NO_TYPES))
+        q0, a0 = mtb.generic_question(item, inner, qtype)
+        assert q.split("\n", 1)[1] == q0 and q.split("\n", 1)[0] in mtb.DIGIT_INSTRUCTIONS
+        assert a == {"Yes": "1", "No": "0"}[a0]
+        q, a = mtb.generic_question(item, rng, "count0")
+        shape = next(s for s in mtb.SHAPES if f" {mtb.PLURAL[s]} " in q)
+        drawn = sum(o.count for o in item["drawn"].objects if o.shape == shape)
+        assert a == str(min(drawn, mtb.demo_scene.MAX_RENDERED_COUNT)) and a in mtb.answer_set("count0")
+        counts.add(a)
+        q, a = mtb.generic_question(item, rng, "rate")
+        objs = item["drawn"].objects
+        if q.startswith(mtb.RATE_QUESTIONS["caption"]):
+            # How much of the caption: from the drawn scene's truth, the caption question last.
+            assert q.split("\n", 1)[1] == f'Does the image show "{item["prompt"].text}"?'
+            shown = [e.clarity(item["drawn"]) >= 0.5 for e in item["prompt"].elements]
+            assert a == str(1 + round(4 * sum(shown) / len(shown) + 1e-9))
+            kinds.add("caption")
+        else:
+            n = (sum(o.count for o in objs) if q == mtb.RATE_QUESTIONS["shapes"]
+                 else len({mtb.shown_color(o) for o in objs}))
+            assert q in mtb.RATE_QUESTIONS.values() and a == str(min(max(n, 1), 5))
+            kinds.add(q)
+        rates.add(a)
+    assert "0" in counts and len(counts) >= 3
+    assert rates == set(mtb.answer_set("rate")) and len(kinds) == 3
 
 
 def test_captions_are_judged_by_the_drawn_scene(mtb):
@@ -218,7 +256,7 @@ def test_bases_answer_fresh_generic_questions_above_the_majority(mtb, family):
     """Loaded through from_pretrained, on scenes no pre-training step drew."""
     torch.set_num_threads(1)
     adapter = load_adapter(family, str(ROOT / "input" / "pretrained" / mtb.FAMILIES[family]))
-    examples = [e for e in mtb.held_out_examples(40, seed=987) if e[3] in ("color", "color_of", "background", "caption")]
+    examples = [e for e in mtb.held_out_examples(100, seed=987) if e[3] in ("color", "color_of", "background", "caption")]
     acc = mtb.evaluate(adapter, examples)
     majority = mtb.majority_baseline(examples)
     for qtype in ("color", "color_of", "background", "caption"):
