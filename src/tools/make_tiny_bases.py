@@ -184,6 +184,12 @@ def _yes(flag: bool) -> str:
     return "Yes" if flag else "No"
 
 
+def present_or_absent(rng: np.random.Generator, present, absent):
+    """One of ``present`` or of ``absent`` with equal chance where both exist (one draw for the
+    side, one for the item): the balanced choice of every presence question."""
+    return rng.choice(present if present and (rng.random() < 0.5 or not absent) else absent)
+
+
 # Instruction following, as instruction-tuned LVLMs have learned it: a yes/no question asked with
 # an answer format of digits ("digit"), "how many" of any shape, absent ones included ("count0"),
 # and a 1-5 rating scale ("rate"). The wording is generic, not the fine-tune's scoring instructions.
@@ -234,7 +240,7 @@ def count_any_question(item: dict, rng: np.random.Generator) -> tuple[str, str]:
     objs = item["drawn"].objects
     present = sorted({o.shape for o in objs})
     absent = [s for s in SHAPES if s not in present]
-    shape = str(rng.choice(present if present and (rng.random() < 0.5 or not absent) else absent))
+    shape = str(present_or_absent(rng, present, absent))
     count = sum(o.count for o in objs if o.shape == shape)
     return f"How many {PLURAL[shape]} are there? Answer with one digit.", str(min(count, demo_scene.MAX_RENDERED_COUNT))
 
@@ -292,7 +298,7 @@ def word_caption(scene, rng: np.random.Generator) -> tuple[str, str]:
              "count": tuple(range(1, demo_scene.MAX_RENDERED_COUNT + 1))}[kind]
     absent = [w for w in every if w not in shown]
     present = sorted(shown, key=str)
-    value = rng.choice(present) if present and (rng.random() < 0.5 or not absent) else rng.choice(absent)
+    value = present_or_absent(rng, present, absent)
     value = value.item() if hasattr(value, "item") else value
     if kind == "shape":
         word = PLURAL[value] if rng.random() < 0.5 else value
@@ -344,7 +350,7 @@ def generic_question(item: dict, rng: np.random.Generator, qtype: str) -> tuple[
     if qtype == "texture":
         present = {o.texture for o in objs} - {"plain"}
         absent = [t for t in TEXTURE_WORDS if t not in present]
-        texture = str(rng.choice(sorted(present) if present and (rng.random() < 0.5 or not absent) else absent))
+        texture = str(present_or_absent(rng, sorted(present), absent))
         return f"Is there anything {texture}?", _yes(texture in present)
     if qtype == "style":
         style = scene.style if scene.style != "none" and rng.random() < 0.5 else \
@@ -771,8 +777,8 @@ READ_PHASES = (
 
 # The sixth stage teaches answer formats (instruction following, as a real LVLM brings it to the
 # fine-tune): yes/no questions answered 1 / 0 under a generic instruction, counts of any shape
-# (0 for an absent one), 1-5 rating scales, with the rest of the mix kept. Without it the bases had never answered
-# "0": the fine-tune's element question started at P("1") = 0.9996 on every element, where the
+# (0 for an absent one), 1-5 rating scales, with the rest of the mix kept. Without it the bases
+# had never answered "0": the fine-tune's element question started at P("1") = 0.9996 on every element, where the
 # token-focus MSE's gradient (p(1 - p)) vanishes, and 96 steps of overfitting 20 images left the
 # element answers at the majority rate (measured on fold 0). Without "rate", the total question
 # started near "1" (the yes of the digit format) and the tiny Qwen2.5-VL's fine-tuned totals

@@ -99,8 +99,7 @@ def checklist(drawn, rng: np.random.Generator, n: int = 6) -> tuple[str, str]:
         pool, shown = pools[int(rng.choice(len(pools), p=[0.35, 0.35, 0.1, 0.1, 0.1]))]
         present = sorted(shown & set(pool))
         absent = [w for w in pool if w not in shown]
-        pick = present if present and (rng.random() < 0.5 or not absent) else absent
-        word = str(rng.choice(pick))
+        word = str(bases.present_or_absent(rng, present, absent))
         words.setdefault(word, word in shown)
     return (f"{CHECKLIST_QUESTION} {', '.join(words)}",
             ", ".join(f"{w} {'Yes' if y else 'No'}" for w, y in words.items()))
