@@ -24,6 +24,25 @@ def test_second_seed_demo_overrides_its_base_config():
     assert seed2.dataset.train_file == demo.dataset.train_file and seed2.demo.n_train_prompts == demo.demo.n_train_prompts
 
 
+def test_full_budget_demo_configs_change_only_the_budget_and_the_ablation():
+    """configs/demo_full.yaml: every question of each fold at lr 1e-3 and the iMatch ablation rows;
+    its second-seed twin reads the second seed's data; the models and the folds are the demo's."""
+    import dataclasses
+
+    from tokenfocus.config import REPO_ROOT
+
+    demo = load_config()
+    full, full2 = (load_config(REPO_ROOT / "configs" / f) for f in ("demo_full.yaml", "demo_full_seed2.yaml"))
+    seed2 = load_config(REPO_ROOT / "configs" / "demo_seed2.yaml")
+    assert (full.name, full2.name) == ("demo_full", "demo_full_seed2")
+    assert full.training.max_train_questions is None and full.training.lr == 1e-3
+    assert full.training == dataclasses.replace(demo.training, max_train_questions=None, lr=1e-3)
+    assert full2.training == full.training and full.models == demo.models and full.folds == demo.folds
+    assert full.dataset == demo.dataset and full2.dataset == seed2.dataset and full2.demo == seed2.demo
+    assert set(demo.ablation.variants) < set(full.ablation.variants) == set(full2.ablation.variants)
+    assert {"pseudo_labels", "augment", "total_levels_15"} <= set(full.ablation.variants)
+
+
 def test_base_config_errors_name_the_file(tmp_path):
     (tmp_path / "a.yaml").write_text("base: a.yaml\nname: a\n")
     with pytest.raises(ConfigError, match="includes itself"):

@@ -87,6 +87,8 @@ def test_real_size_lora_and_parameter_groups(config_name):
         assert len(kinds) == 1
         assert g["lr"] == (tcfg.vision_lr if kinds.pop() else tcfg.lr)
     assert sum(len(g["params"]) for g in r["groups"]) == len(r["trainable"])
+    # The LoRA groups first: the Trainer's progress line reports the first group's rate.
+    assert not adapter.is_vision_param(by_id[id(r["groups"][0]["params"][0])])
     print(f"{config_name}: LoRA r{tcfg.lora_r} on {r['cfg'].models[0].path}: {expected_lora / 1e6:.1f}M LoRA + "
           f"{expected_vision / 1e6:.1f}M vision = {r['n_trainable'] / 1e6:.1f}M trainable of "
           f"{sum(r['base'].values()) / 1e9:.2f}B")

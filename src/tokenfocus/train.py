@@ -188,14 +188,16 @@ def _trainer_class():
 
 def optimizer_groups(model, tcfg: TrainingConfig, is_vision, decay: set[str], weight_decay: float) -> list[dict]:
     """AdamW parameter groups of stage 03: trainable vision-tower and projector parameters at
-    ``vision_lr``, the rest (LoRA) at ``lr``; weight decay only on the ``decay`` names."""
+    ``vision_lr``, the rest (LoRA) at ``lr``; weight decay only on the ``decay`` names. The
+    ``lr`` groups come first: the Trainer's progress line shows the first group's rate."""
     groups: dict[tuple, list] = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        key = (tcfg.vision_lr if is_vision(n) else tcfg.lr, weight_decay if n in decay else 0.0)
+        vision = is_vision(n)
+        key = (vision, tcfg.vision_lr if vision else tcfg.lr, weight_decay if n in decay else 0.0)
         groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return [{"params": groups[k], "lr": k[1], "weight_decay": k[2]} for k in sorted(groups, key=lambda k: k[0])]
 
 
 def _auto(flag: str) -> bool:
