@@ -285,3 +285,58 @@ def test_ablation_table_scores_each_variant_on_test_where_the_truth_is_known(cfg
     want = score_predictions(test.drop(columns="target").merge(truth, on=["img_path", "task", "element_key"]))
     assert table.loc["token_focus_mse", "test_final"] == pytest.approx(want["final"], abs=1e-12)
     assert table[["test_srcc", "test_plcc", "test_acc", "test_final"]].notna().all().all()
+
+
+def test_ablation_seeds_average_each_variant_over_its_training_runs(cfg, trained, tmp_path):
+    """ablation.seeds: every fine-tuned variant gets one more run per seed (the first run's
+    settings reused where they equal the model's own); its row is the mean over the runs, with
+    the runs' sd, and the run-to-run noise widens delta_sd beyond the paired bootstrap's."""
+    import dataclasses
+
+    from tokenfocus.config.schema import AblationConfig
+    from tokenfocus.infer import score_predictions, zeroshot_model
+    from tokenfocus.stages.ablation import ablation_table
+
+    ab = dataclasses.replace(cfg, ablation=AblationConfig(
+        model="qwen", folds=[0], variants={"token_focus_mse": {}, "soft": {"loss": "soft_ce"}}, seeds=[7]))
+    runs = {m.name: m.training_config(ab.training).seed for m in ab.ablation_models()}
+    own = ab.model("qwen").training_config(ab.training).seed
+    assert runs == {"qwen_token_focus_mse_seed7": 7, "qwen_soft": own, "qwen_soft_seed7": 7}
+    assert ab.ablation_sources() == {"token_focus_mse": ["qwen", "qwen_token_focus_mse_seed7"],
+                                     "soft": ["qwen_soft", "qwen_soft_seed7"]}
+    # Stand-in dumps for the three runs: qwen's fold 0, its totals reversed in the seed-7 runs.
+    preds = cfg.exp_dir / "preds"
+    for name in runs:
+        for src in sorted((preds / "qwen").glob("*/*_fold0.parquet")):
+            df = pd.read_parquet(src).assign(model=name)
+            if name.endswith("_seed7") and src.parent.name == "total":
+                df["pred"] = 6.0 - df["pred"]
+            out = preds / name / src.parent.name / src.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet(out, df)
+    if not (preds / "zeroshot_qwen").is_dir():
+        zeroshot_model(ab, ab.model("qwen"))
+    table = ablation_table(ab, n_boot=20).set_index("variant")
+    finals = {m: score_predictions(pd.concat([pd.read_parquet(f) for f in (preds / m).glob("*/oof_fold0.parquet")]))["final"]
+              for m in ["qwen", "qwen_token_focus_mse_seed7"]}
+    assert finals["qwen"] != pytest.approx(finals["qwen_token_focus_mse_seed7"])
+    mse = table.loc["token_focus_mse"]
+    assert mse["runs"] == 2 and mse["model"] == "qwen qwen_token_focus_mse_seed7"
+    assert mse["final"] == pytest.approx(np.mean(list(finals.values())), abs=1e-12)
+    assert mse["run_sd"] == pytest.approx(np.std(list(finals.values()), ddof=1), abs=1e-12)
+    soft = table.loc["soft"]
+    # The soft runs are copies of the MSE runs: the same Finals, no paired bootstrap difference,
+    # so delta_sd is the run-to-run part alone: sqrt(2 * run_sd^2 / 2).
+    assert soft["final"] == pytest.approx(mse["final"], abs=1e-12) and soft["delta"] == pytest.approx(0, abs=1e-12)
+    assert soft["delta_sd"] == pytest.approx(mse["run_sd"], abs=1e-9)
+    zs = table.loc["zero-shot (untuned base)"]
+    assert zs["runs"] == 1 and np.isnan(zs["run_sd"])
+    assert table["test_final"].notna().all()
+
+
+def test_ablation_seeds_must_differ_from_each_other_and_the_first_run(tmp_path):
+    for seeds in ("[1234]", "[3, 3]"):
+        root = tmp_path / seeds.strip("[]").replace(", ", "_")
+        root.mkdir()
+        with pytest.raises(ConfigError, match=r"ablation\.seeds .*distinct"):
+            _config(root, f"ablation:\n  model: qwen\n  seeds: {seeds}\n  variants:\n    mse: {{}}\n")

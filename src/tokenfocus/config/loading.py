@@ -120,6 +120,11 @@ def _check_models(cfg: Config) -> None:
         bad = [k for k in cfg.ablation.folds if not 0 <= k < cfg.folds.n_folds]
         if bad:
             raise ConfigError(f"{cfg.source}: ablation.folds {bad} outside 0..{cfg.folds.n_folds - 1}")
+        own = cfg.model(cfg.ablation.model).training_config(cfg.training).seed
+        seeds = list(cfg.ablation.seeds)
+        if len(set(seeds)) != len(seeds) or own in seeds:
+            raise ConfigError(f"{cfg.source}: ablation.seeds {seeds}: each run needs its own seed, distinct "
+                              f"from the others and from the first run's training.seed ({own})")
     for i, m in enumerate(cfg.models + cfg.ablation_models()):
         where = f"{cfg.source}: models[{i}]"
         if not m.name:

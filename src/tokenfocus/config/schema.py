@@ -182,6 +182,10 @@ class AblationConfig:
     model: str = ""
     folds: list[int] = field(default_factory=lambda: [0])
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> training overrides
+    # More training runs per fine-tuned variant, one per training.seed listed (LoRA initialisation,
+    # data order, dropout draws): ablation.csv then gives each variant's mean over its runs and
+    # their sd, the run-to-run noise a bootstrap over prompts does not see.
+    seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -205,8 +209,9 @@ class Config:
     source: str = ""
 
     def ablation_models(self) -> list[ModelConfig]:
-        """One derived model per ablation variant, trained on the ablation folds only. A variant
-        whose settings equal its model's own is not trained again: that model's folds serve."""
+        """One derived model per ablation variant and training run (``ablation.seeds``: runs beyond
+        the first, named ``<variant>_seed<s>``), trained on the ablation folds only. A run whose
+        settings equal its model's own is not trained again: that model's folds serve."""
         if self.ablation is None:
             return []
         found = [m for m in self.models if m.name == self.ablation.model]
@@ -217,19 +222,25 @@ class Config:
         own = base.training_config(self.training)
         out = []
         for variant, overrides in self.ablation.variants.items():
-            m = dataclasses.replace(base, name=f"{base.name}_{variant}", training={**base.training, **overrides},
-                                    folds=list(self.ablation.folds))
-            if m.training_config(self.training) != own:
-                out.append(m)
+            for seed in [None, *self.ablation.seeds]:
+                name = f"{base.name}_{variant}" + ("" if seed is None else f"_seed{seed}")
+                training = {**base.training, **overrides, **({} if seed is None else {"seed": seed})}
+                m = dataclasses.replace(base, name=name, training=training, folds=list(self.ablation.folds))
+                if m.training_config(self.training) != own:
+                    out.append(m)
         return out
 
-    def ablation_sources(self) -> dict[str, str]:
-        """Ablation variant -> the model whose dumps hold it."""
+    def ablation_sources(self) -> dict[str, list[str]]:
+        """Ablation variant -> the models whose dumps hold its runs (first run first)."""
         if self.ablation is None:
             return {}
         trained = {m.name for m in self.ablation_models()}
         base = self.ablation.model
-        return {v: (f"{base}_{v}" if f"{base}_{v}" in trained else base) for v in self.ablation.variants}
+        runs = {}
+        for v in self.ablation.variants:
+            names = [f"{base}_{v}"] + [f"{base}_{v}_seed{s}" for s in self.ablation.seeds]
+            runs[v] = [n if n in trained else base for n in names]
+        return runs
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models + self.ablation_models():

@@ -17,48 +17,67 @@ def ablation_table(cfg: Config, n_boot: int = ABLATION_BOOTSTRAP) -> pd.DataFram
     noise estimate: a bootstrap over prompts (the same resampled prompts for every variant)
     gives each Final's standard deviation and, paired, that of its difference to the first
     fine-tuned variant (``delta`` / ``delta_sd``), so a difference can be read against noise.
-    Where the test truth is known (the demo), ``test_*`` columns score each variant's test
-    predictions (the mean over its ablation-fold models) beside them."""
-
-
+    With ``ablation.seeds`` every fine-tuned variant has several training runs: its row holds
+    the mean over them (``runs``; each metric the mean of the runs' scores), ``run_sd`` the sd
+    of the runs' Finals (the training run's own noise, which the bootstrap does not see),
+    ``final_sd`` the bootstrap sd of the mean, and ``delta_sd`` adds both variants'
+    run_sd / sqrt(runs) to the paired bootstrap's. Where the test truth is known (the demo),
+    ``test_*`` columns score each run's test predictions (the mean over its ablation-fold
+    models), averaged over the runs."""
     preds_dir = cfg.exp_dir / "preds"
     folds = set(cfg.ablation.folds)
-    sources = {"zero-shot (untuned base)": f"zeroshot_{cfg.ablation.model}", **cfg.ablation_sources()}
+    sources = {"zero-shot (untuned base)": [f"zeroshot_{cfg.ablation.model}"], **cfg.ablation_sources()}
     frames = {}
-    for variant, model in sources.items():
+    for model in dict.fromkeys(m for runs in sources.values() for m in runs):
         oof = read_model_dumps(preds_dir, model, "oof")
-        frames[variant] = oof[oof["fold"].isin(folds)].reset_index(drop=True)
+        frames[model] = oof[oof["fold"].isin(folds)].reset_index(drop=True)
     prompts = np.array(sorted(next(iter(frames.values()))["prompt_id"].astype(str).unique()))
     rng = np.random.default_rng(cfg.seed)
     draws = [rng.choice(prompts, len(prompts), replace=True) for _ in range(n_boot)]
-    boot = {}
-    for variant, df in frames.items():
-        groups = df.groupby(df["prompt_id"].astype(str)).indices
-        finals = []
-        for d in draws:
-            part = df.iloc[np.concatenate([groups[p] for p in d])].copy()
-            # Repeated prompts become distinct images, as the bootstrap intends.
-            part["img_path"] = part["img_path"] + "#" + np.repeat(np.arange(len(d)),
-                                                                  [len(groups[p]) for p in d]).astype(str)
-            finals.append(score_predictions(part)["final"])
-        boot[variant] = np.array(finals)
-    reference = list(sources)[1] if len(sources) > 1 else list(sources)[0]
-    reference_final = score_predictions(frames[reference])["final"]
+    boot = {model: _bootstrap_finals(df, draws) for model, df in frames.items()}
     truth = load_truth_records(cfg)
     truth = truth_frame(truth) if truth else None
+    metrics = ("srcc", "plcc", "acc", "final")
+    summary = {}
+    for variant, runs in sources.items():
+        scores = [score_predictions(frames[m]) for m in runs]
+        finals = np.array([r["final"] for r in scores])
+        summary[variant] = {
+            "scores": {k: float(np.mean([r[k] for r in scores])) for k in metrics},
+            "boot": np.mean([boot[m] for m in runs], axis=0),
+            "run_var": float(finals.var(ddof=1)) / len(runs) if len(runs) > 1 else 0.0,
+            "run_sd": float(finals.std(ddof=1)) if len(runs) > 1 else np.nan,
+        }
+    reference = summary[list(sources)[1] if len(sources) > 1 else list(sources)[0]]
     rows = []
-    for variant, model in sources.items():
-        r = score_predictions(frames[variant])
-        delta = boot[variant] - boot[reference]
-        row = {"variant": variant, "model": model, "folds": " ".join(map(str, sorted(folds))),
-               **{k: r[k] for k in ("srcc", "plcc", "acc", "final")},
-               "final_sd": float(boot[variant].std(ddof=1)),
-               "delta": float(r["final"] - reference_final),
-               "delta_sd": float(delta.std(ddof=1))}
+    for variant, runs in sources.items():
+        v = summary[variant]
+        delta = v["boot"] - reference["boot"]
+        own_noise = 0.0 if v is reference else v["run_var"] + reference["run_var"]
+        row = {"variant": variant, "model": " ".join(dict.fromkeys(runs)), "folds": " ".join(map(str, sorted(folds))),
+               "runs": len(runs), **v["scores"],
+               "final_sd": float(v["boot"].std(ddof=1)),
+               "run_sd": v["run_sd"],
+               "delta": v["scores"]["final"] - reference["scores"]["final"],
+               "delta_sd": float(np.sqrt(delta.var(ddof=1) + own_noise))}
         if truth is not None:
-            row.update({f"test_{k}": v for k, v in _test_scores(preds_dir, model, folds, truth).items()})
+            tests = [_test_scores(preds_dir, m, folds, truth) for m in runs]
+            row.update({f"test_{k}": float(np.mean([t[k] for t in tests])) for k in metrics})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _bootstrap_finals(df: pd.DataFrame, draws: list[np.ndarray]) -> np.ndarray:
+    """The Final of ``df`` on each bootstrap draw of prompts."""
+    groups = df.groupby(df["prompt_id"].astype(str)).indices
+    finals = []
+    for d in draws:
+        part = df.iloc[np.concatenate([groups[p] for p in d])].copy()
+        # Repeated prompts become distinct images, as the bootstrap intends.
+        part["img_path"] = part["img_path"] + "#" + np.repeat(np.arange(len(d)),
+                                                              [len(groups[p]) for p in d]).astype(str)
+        finals.append(score_predictions(part)["final"])
+    return np.array(finals)
 
 
 def _test_scores(preds_dir, model: str, folds: set, truth: pd.DataFrame) -> dict:
