@@ -195,8 +195,7 @@ def optimizer_groups(model, tcfg: TrainingConfig, is_vision, decay: set[str], we
         if not p.requires_grad:
             continue
         vision = is_vision(n)
-        key = (vision, tcfg.vision_lr if vision else tcfg.lr, weight_decay if n in decay else 0.0)
-        groups.setdefault(key, []).append(p)
+        groups.setdefault((vision, tcfg.vision_lr if vision else tcfg.lr, weight_decay if n in decay else 0.0), []).append(p)
     return [{"params": groups[k], "lr": k[1], "weight_decay": k[2]} for k in sorted(groups, key=lambda k: k[0])]
 
 
@@ -256,7 +255,6 @@ def train_fold(cfg: Config, mcfg: ModelConfig, group: str, fold: int, train_q: p
     """Fine-tune one (model, question group, fold); returns the adapter directory."""
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
-
 
     out = model_dir(cfg, mcfg.name, group, fold)
     tcfg = mcfg.training_config(cfg.training)
