@@ -222,7 +222,6 @@ def rate_question(item: dict, rng: np.random.Generator) -> tuple[str, str]:
     scene shows (clarity >= 0.5, every element counted once), rounded, the caption question after
     the instruction; otherwise how many shapes the image shows or how many colours they show,
     five or more answered 5."""
-    objs = item["drawn"].objects
     u = rng.random()
     if u < 0.5:
         els = item["prompt"].elements
@@ -230,6 +229,7 @@ def rate_question(item: dict, rng: np.random.Generator) -> tuple[str, str]:
         question = f"{RATE_QUESTIONS['caption']}\n{prompts.vqascore_question(item['prompt'].text)}"
         return question, str(1 + int(np.floor(4 * share + 0.5)))
     what = "shapes" if u < 0.75 else "colours"
+    objs = item["drawn"].objects
     n = sum(o.count for o in objs) if what == "shapes" else len({shown_color(o) for o in objs})
     return RATE_QUESTIONS[what], str(min(max(n, 1), 5))
 

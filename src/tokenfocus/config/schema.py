@@ -188,6 +188,11 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=list)
 
 
+def _run_name(model: str, variant: str, seed: int | None) -> str:
+    """The derived model of one ablation run: ``<model>_<variant>``, ``_seed<s>`` for the extra runs."""
+    return f"{model}_{variant}" + ("" if seed is None else f"_seed{seed}")
+
+
 @dataclass
 class Config:
     name: str = "demo"
@@ -223,7 +228,7 @@ class Config:
         out = []
         for variant, overrides in self.ablation.variants.items():
             for seed in [None, *self.ablation.seeds]:
-                name = f"{base.name}_{variant}" + ("" if seed is None else f"_seed{seed}")
+                name = _run_name(base.name, variant, seed)
                 training = {**base.training, **overrides, **({} if seed is None else {"seed": seed})}
                 m = dataclasses.replace(base, name=name, training=training, folds=list(self.ablation.folds))
                 if m.training_config(self.training) != own:
@@ -238,7 +243,7 @@ class Config:
         base = self.ablation.model
         runs = {}
         for v in self.ablation.variants:
-            names = [f"{base}_{v}"] + [f"{base}_{v}_seed{s}" for s in self.ablation.seeds]
+            names = [_run_name(base, v, seed) for seed in [None, *self.ablation.seeds]]
             runs[v] = [n if n in trained else base for n in names]
         return runs
 
